@@ -1,0 +1,1 @@
+"""Portal: self-hosted organization and account widgets, decided by one policy engine."""

@@ -1,0 +1,142 @@
+"""Browser sessions (DESIGN §5): an opaque cookie token whose SHA-256 is the only thing stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from litestar.datastructures import Cookie
+
+from portal import clock
+from portal.ids import hash_secret, new_secret
+from portal.settings import Settings
+from portal.tables import Organization, Session, User
+
+#: last_seen_at is written at most this often per session.
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def cookie_name(settings: Settings) -> str:
+    """``__Host-`` prefixed on https (Secure, host-only, path /), plain on http development."""
+    return "__Host-portal_session" if settings.secure else "portal_session"
+
+
+def session_cookie(settings: Settings, value: str, *, max_age: int) -> Cookie:
+    """The session cookie (DESIGN §5). Clearing it needs the same attributes: browsers ignore a
+    ``__Host-`` cookie without Secure, deletion included."""
+    return Cookie(
+        key=cookie_name(settings),
+        value=value,
+        path="/",
+        max_age=max_age,
+        httponly=True,
+        secure=settings.secure,
+        samesite="lax",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Effective timeouts in seconds: each is the stricter of the app default and the organization's."""
+
+    absolute: int
+    idle: int
+
+
+def effective_timeouts(settings: Settings, organization: dict[str, Any] | None) -> Timeouts:
+    """The app defaults, tightened (never loosened) by the organization's custom session policy."""
+    absolute, idle = settings.session_absolute_timeout, settings.session_idle_timeout
+    if organization is not None and organization.get("session_policy_source") == "custom":
+        if organization.get("session_absolute_timeout"):
+            absolute = min(absolute, int(organization["session_absolute_timeout"]))
+        if organization.get("session_idle_timeout"):
+            idle = min(idle, int(organization["session_idle_timeout"]))
+    return Timeouts(absolute=absolute, idle=idle)
+
+
+def expiry_reason(session: dict[str, Any], timeouts: Timeouts, now: datetime) -> str | None:
+    """``absolute`` or ``idle`` if the session has run out, else None."""
+    if now >= session["created_at"] + timedelta(seconds=timeouts.absolute):
+        return "absolute"
+    if now >= session["last_seen_at"] + timedelta(seconds=timeouts.idle):
+        return "idle"
+    return None
+
+
+async def create_session(
+    user_id: str,
+    *,
+    auth_method: str,
+    organization_id: str | None = None,
+    ip: str = "",
+    user_agent: str = "",
+) -> tuple[str, str]:
+    """Start a new session (never reuse a pre-login id). Returns (cookie token, session id)."""
+    token = new_secret("ses")
+    now = clock.utcnow()
+    session = Session(
+        token_hash=hash_secret(token),
+        user=user_id,
+        active_organization=organization_id,
+        auth_method=auth_method,
+        ip=ip[:45],
+        user_agent=user_agent[:500],
+        created_at=now,
+        authenticated_at=now,
+        last_seen_at=now,
+    )
+    await session.save()
+    return token, session.id
+
+
+@dataclass(slots=True)
+class Resolved:
+    """A live session with its user and active organization (or why there is none)."""
+
+    session: dict[str, Any] | None
+    user: dict[str, Any] | None
+    organization: dict[str, Any] | None
+    #: Set when the cookie named a session that just ran out: ``idle`` or ``absolute``.
+    expired: str | None = None
+
+
+async def resolve(settings: Settings, token: str | None) -> Resolved:
+    """Look up the cookie's session; revoke it on the spot if it has run out (DESIGN §5)."""
+    if not token or len(token) > 200:
+        return Resolved(None, None, None)
+    session = await Session.select().where(Session.token_hash == hash_secret(token)).first()
+    if session is None or session["revoked_at"] is not None:
+        return Resolved(None, None, None)
+    organization = None
+    if session["active_organization"]:
+        organization = (
+            await Organization.select()
+            .where(Organization.id == session["active_organization"])
+            .first()
+            .output(load_json=True)
+        )
+    now = clock.utcnow()
+    reason = expiry_reason(session, effective_timeouts(settings, organization), now)
+    if reason is not None:
+        await revoke(session["id"], reason)
+        return Resolved(None, None, None, expired=reason)
+    user = await User.select().where(User.id == session["user"]).first()
+    if user is None:
+        return Resolved(None, None, None)
+    if now - session["last_seen_at"] >= TOUCH_INTERVAL:
+        await Session.update({Session.last_seen_at: now}).where(Session.id == session["id"])
+        session["last_seen_at"] = now
+    return Resolved(session, user, organization)
+
+
+async def revoke(session_id: str, reason: str) -> None:
+    """Revoke one session; it stops working on its next request."""
+    await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason}).where(
+        (Session.id == session_id) & Session.revoked_at.is_null()
+    )
+
+
+async def set_active_organization(session_id: str, organization_id: str | None) -> None:
+    """Store the chosen organization on the session."""
+    await Session.update({Session.active_organization: organization_id}).where(Session.id == session_id)

@@ -1,0 +1,188 @@
+"""Settings: one typed Struct, loaded once from ``PORTAL_*`` environment variables.
+
+Nothing reads the environment at import time: the CLI calls :func:`load_settings` and passes the result
+to ``create_app(settings)``; tests construct ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+from urllib.parse import urlsplit
+
+import msgspec
+
+PREFIX = "PORTAL_"
+
+#: Durations are whole seconds; the environment may write them as ``90``, ``90s``, ``15m``, ``12h`` or ``7d``.
+Seconds = Annotated[int, msgspec.Meta(ge=1, extra={"duration": True})]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+
+
+class SettingsError(Exception):
+    """An invalid setting; the message names the environment variable and what is wrong."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.variable = PREFIX + field.upper()
+        self.problem = problem
+        super().__init__(f"{self.variable}: {problem}")
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything the portal can be configured with. Field ``x`` is read from ``PORTAL_X``."""
+
+    #: ``sqlite:///relative/or/absolute/path`` (embedded default) or ``postgresql://user@host:port/db``.
+    database_url: str = "sqlite:///./var/portal.sqlite3"
+    #: ``redis://host:port/db``. Unset: background jobs run inside the web process.
+    redis_url: str | None = None
+    #: Signs CSRF tokens. Unset: a random key is generated once and kept in ``<data_dir>/secret_key``.
+    secret_key: Annotated[str, msgspec.Meta(min_length=32)] = ""
+    #: The URL users reach the portal at; https turns on Secure cookies and HSTS.
+    public_url: str = "http://localhost:8000"
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    #: Where SQLite, the dev mail outbox and the generated secret key live.
+    data_dir: str = "./var"
+    #: The Casbin model and role → permission files.
+    policy_dir: str = "./policies"
+    log_level: str = "INFO"
+
+    brand_name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)] = "Portal"
+    brand_logo_url: str | None = None
+    brand_favicon_url: str | None = None
+    brand_primary_color: str = "#3b4cca"
+
+    session_absolute_timeout: Seconds = 7 * 86400
+    session_idle_timeout: Seconds = 86400
+    #: How often the background sweep revokes expired sessions in bulk (session policy).
+    session_sweep_interval: Seconds = 60
+    invitation_ttl: Seconds = 7 * 86400
+
+    #: ``smtp://user:password@host:port`` or ``smtps://...``. Unset: mail is written to ``<data_dir>/outbox``.
+    smtp_url: str | None = None
+    mail_from: str = "Portal <no-reply@localhost>"
+
+    #: Nameservers for DNS verification (empty: the system resolver's).
+    dns_nameservers: list[str] = msgspec.field(default_factory=list)
+    dns_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 53
+    dns_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    domain_verification_window: Seconds = 72 * 3600
+    domain_check_interval: Seconds = 15 * 60
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.database_url).scheme
+        if scheme not in {"sqlite", "postgres", "postgresql"}:
+            raise SettingsError("database_url", "must start with sqlite:/// or postgresql://")
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in {"redis", "rediss"}:
+            raise SettingsError("redis_url", "must start with redis:// or rediss://")
+        public = urlsplit(self.public_url)
+        if public.scheme not in {"http", "https"} or not public.hostname:
+            raise SettingsError("public_url", "must be an absolute http:// or https:// URL")
+        if public.path not in {"", "/"} or public.query or public.fragment:
+            raise SettingsError(
+                "public_url", "must be an origin without a path (the portal serves /ui/ itself)"
+            )
+        if not _COLOUR.match(self.brand_primary_color):
+            raise SettingsError("brand_primary_color", "must be a hex colour such as #3b4cca")
+        if self.smtp_url is not None and urlsplit(self.smtp_url).scheme not in {"smtp", "smtps"}:
+            raise SettingsError("smtp_url", "must start with smtp:// or smtps://")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
+        if self.public_url.startswith("https://") and not self.secret_key:
+            raise SettingsError("secret_key", "must be set (32+ characters) when the public URL is https")
+        # --- domains widget: nameservers are addresses (dnspython would only fail at the first check).
+        for address in self.dns_nameservers:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise SettingsError("dns_nameservers", f"{address!r} is not an IP address") from None
+        # --- end domains widget
+
+    @property
+    def secure(self) -> bool:
+        """True when the portal is served over https (Secure cookies, HSTS, ``__Host-`` prefix)."""
+        return self.public_url.startswith("https://")
+
+    @property
+    def origin(self) -> str:
+        """The public origin without a trailing slash."""
+        return self.public_url.rstrip("/")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file for a ``sqlite:///`` database URL, else None."""
+        if not self.database_url.startswith("sqlite:"):
+            return None
+        return Path(self.database_url.removeprefix("sqlite:").removeprefix("///").removeprefix("//"))
+
+
+def _parse(field: str, annotation: Any, raw: str) -> Any:
+    """Turn one environment string into the field's type; duration and list fields have their own syntax."""
+    extra = getattr(annotation, "__metadata__", ())
+    if any(getattr(m, "extra", None) == {"duration": True} for m in extra):
+        match = _DURATION.match(raw)
+        if not match:
+            raise SettingsError(
+                field, f"{raw!r} is not a duration (use seconds, or a number with s, m, h or d)"
+            )
+        return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if field == "dns_nameservers":
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if raw == "" and field in _OPTIONAL:
+        return None
+    return raw
+
+
+_OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url"}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from ``PORTAL_*`` variables; raise :class:`SettingsError` naming the bad variable."""
+    hints = msgspec.structs.fields(Settings)
+    known = {f.name for f in hints}
+    for name in environ:
+        # A typo in a variable name must not silently fall back to a default. PORTAL_TEST_* and
+        # PORTAL_BENCH_* belong to the test suite and benchmarks.
+        if (
+            name.startswith(PREFIX)
+            and name[len(PREFIX) :].lower() not in known
+            and not name.startswith(("PORTAL_TEST_", "PORTAL_BENCH_"))
+        ):
+            raise SettingsError(name[len(PREFIX) :].lower(), "is not a known setting")
+    annotations = get_type_hints(Settings, include_extras=True)
+    values: dict[str, Any] = {}
+    for f in hints:
+        raw = environ.get(PREFIX + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(f.name, annotations[f.name], raw)
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field_match = re.search(r"at `\$\.(\w+)", message)
+        field = field_match.group(1) if field_match else "settings"
+        problem = message.split(" - at ")[0]
+        problem = problem.replace("`", "").replace("Expected", "expected")
+        raise SettingsError(field, problem) from None
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Return settings with a secret key: the configured one, else one generated once into the data dir."""
+    if settings.secret_key:
+        return settings
+    path = Path(settings.data_dir) / "secret_key"
+    if path.exists():
+        key = path.read_text().strip()
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+    return msgspec.structs.replace(settings, secret_key=key)

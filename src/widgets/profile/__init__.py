@@ -1,0 +1,13 @@
+"""Profile: the signed-in user's names, display name, language and email address (DESIGN §1)."""
+
+from portal.registry import Section, Widget
+from widgets.profile.controller import ProfileController
+
+WIDGET = Widget(
+    key="profile",
+    title="Profile",
+    url="/ui/account/profile",
+    section=Section.ACCOUNT,
+    description="Your name, language and email address.",
+    handlers=(ProfileController,),
+)

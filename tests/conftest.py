@@ -1,0 +1,186 @@
+"""Shared fixtures. The engine comes from PORTAL_TEST_ENGINE (sqlite | postgres), set by `make test`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from litestar import Litestar
+from piccolo.engine.base import Engine
+
+from policy import PolicyEngine
+from portal import db as portal_db
+from portal.app import create_app
+from portal.migrate import migrate
+from portal.registry import WidgetRegistry, discover
+from portal.settings import Settings
+from portal.tables import TABLES
+from tests.portal.mailserver import Mailbox, MailServer
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICY_DIR = ROOT / "policies"
+ENGINE_KIND = os.environ.get("PORTAL_TEST_ENGINE", "sqlite")
+PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal_test")
+REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test that touches the database runs again on PostgreSQL (`pytest -m db`).
+    for item in items:
+        if "db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
+async def recreate_postgres_database(url: str) -> None:
+    """Drop and create the database named in ``url`` (connecting to the ``postgres`` database)."""
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if ENGINE_KIND == "postgres":
+        return PG_URL
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'portal.sqlite3'}"
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[Engine]:
+    """One migrated engine for the session."""
+    if ENGINE_KIND == "postgres":
+        await recreate_postgres_database(database_url)
+    built = portal_db.bind(portal_db.make_engine(database_url))
+    await portal_db.start(built)
+    await migrate()
+    yield built
+    await portal_db.stop(built)
+
+
+@pytest.fixture
+async def db(engine: Engine) -> AsyncIterator[Engine]:
+    """The bound engine; every table is emptied after the test."""
+    portal_db.bind(engine)
+    yield engine
+    for table in reversed(TABLES):
+        await table.delete(force=True)
+
+
+@pytest.fixture(scope="session")
+def policy() -> PolicyEngine:
+    return PolicyEngine.from_dir(POLICY_DIR)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=str(tmp_path / "var"),
+        policy_dir=str(POLICY_DIR),
+        secret_key="test-secret-key-" + "x" * 32,
+    )
+
+
+@pytest.fixture
+def registry() -> WidgetRegistry:
+    return discover()
+
+
+@pytest.fixture
+def app(settings: Settings, db: Engine, policy: PolicyEngine, registry: WidgetRegistry) -> Litestar:
+    return create_app(settings, engine=db, policy=policy, registry=registry)
+
+
+@asynccontextmanager
+async def serve(app: Litestar, base_url: str = "http://127.0.0.1:8000") -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for ``app`` in the test's own event loop (so the database pool is shared), lifespan run."""
+    started, stop = asyncio.Event(), asyncio.Event()
+
+    async def run_lifespan() -> None:
+        # The lifespan's task group must be entered and left by one task; fixtures may switch tasks.
+        async with app.lifespan():
+            started.set()
+            await stop.wait()
+
+    task = asyncio.create_task(run_lifespan())
+    waiting = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiting.cancel()
+        task.result()  # start-up failed: raise its error here
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def html() -> dict[str, Any]:
+    return {"accept": "text/html"}
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[Mailbox]:
+    """A real SMTP server (aiosmtpd) on loopback for the whole run."""
+    server = MailServer()
+    box = server.start()
+    yield box
+    server.stop()
+
+
+@pytest.fixture
+def mail(smtp_server: Mailbox) -> Mailbox:
+    """The loopback SMTP server's mailbox, emptied for this test. Point an app at it with ``mail.url``."""
+    smtp_server.clear()
+    return smtp_server
+
+
+# --- session policy: a controllable clock -----------------------------------------------------------------
+
+
+class FrozenClock:
+    """Stands in for ``portal.clock.utcnow``: time moves only when a test moves it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
+    """``portal.clock.utcnow`` frozen at 2026-11-22 12:00:00.123456 UTC (code must call it via the module)."""
+    from portal import clock
+
+    fake = FrozenClock(datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC))
+    monkeypatch.setattr(clock, "utcnow", fake)
+    return fake
+
+
+# --- end session policy
