@@ -32,6 +32,32 @@ PG_URL = os.environ.get("PORTAL_TEST_DATABASE_URL", "postgresql://postgres@127.0
 REDIS_URL = os.environ.get("PORTAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+async def empty_redis() -> str:
+    """Empty the test Redis database and return its URL. Fails within seconds, not at the test timeout,
+    when Redis does not answer."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+async def run_burst_worker(worker: Any, engine: Engine) -> Any:
+    """Run an arq burst worker to the end (at most 30 seconds), close it, and bind ``engine`` again (the
+    worker's start-up bound its own engine for its jobs)."""
+    try:
+        async with asyncio.timeout(30):
+            await worker.async_run()
+    finally:
+        async with asyncio.timeout(30):
+            await worker.close()
+        portal_db.bind(engine)
+    return worker
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Every test that touches the database runs again on PostgreSQL (`pytest -m db`).
     for item in items:

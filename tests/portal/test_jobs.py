@@ -10,7 +10,6 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 from piccolo.engine.base import Engine
-from redis.asyncio import Redis
 
 from portal import clock
 from portal.cli import main
@@ -18,7 +17,7 @@ from portal.jobs import ArqQueue, CronJob, InlineQueue, JobContext, job, registe
 from portal.maintenance import purge_login_records
 from portal.settings import Settings
 from portal.tables import LoginChallenge, RateEvent
-from tests.conftest import REDIS_URL
+from tests.conftest import empty_redis, run_burst_worker
 from workers.settings import make_worker, schedule
 
 CALLS: list[tuple[str, Any]] = []
@@ -108,10 +107,7 @@ def test_cron_interval_becomes_an_arq_schedule(interval: int, expected: dict[str
 
 @pytest.fixture
 async def redis_settings(settings: Settings) -> Settings:
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    await client.aclose()
-    return msgspec.structs.replace(settings, redis_url=REDIS_URL)
+    return msgspec.structs.replace(settings, redis_url=await empty_redis())
 
 
 async def test_arq_worker_runs_enqueued_jobs_once_per_id(redis_settings: Settings, db: Engine) -> None:
@@ -129,8 +125,7 @@ async def test_arq_worker_runs_enqueued_jobs_once_per_id(redis_settings: Setting
         poll_delay=0,
         handle_signals=False,
     )
-    await worker.async_run()
-    await worker.close()
+    await run_burst_worker(worker, db)
     assert sorted(v for _, v in CALLS) == ["a", "b"]
     assert worker.jobs_complete == 2
 

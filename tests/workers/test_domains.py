@@ -12,17 +12,15 @@ import httpx
 import msgspec
 import pytest
 from piccolo.engine.base import Engine
-from redis.asyncio import Redis
 
 from policy import PolicyEngine
 from portal import clock
-from portal import db as portal_db
 from portal.app import create_app
 from portal.jobs import ArqQueue, InlineQueue, JobContext, load_job_modules, registered_crons, registered_jobs
 from portal.registry import WidgetRegistry
 from portal.settings import Settings
 from portal.tables import Domain
-from tests.conftest import REDIS_URL, ROOT, serve
+from tests.conftest import REDIS_URL, ROOT, empty_redis, run_burst_worker, serve
 from tests.dnsserver import LoopbackDNS, Zone, dns_server, zone
 from tests.factories import make_member, make_org, make_user, sign_in
 from widgets.domains.verification import record_name, record_value
@@ -37,10 +35,7 @@ URL = "/ui/organization/domains"
 
 @pytest.fixture
 async def redis_settings(settings: Settings, dns_server: LoopbackDNS) -> Settings:
-    client = Redis.from_url(REDIS_URL)
-    await client.flushdb()
-    await client.aclose()
-    return msgspec.structs.replace(dns_server.settings(settings), redis_url=REDIS_URL)
+    return msgspec.structs.replace(dns_server.settings(settings), redis_url=await empty_redis())
 
 
 @pytest.fixture
@@ -69,12 +64,7 @@ async def verify_now(client: httpx.AsyncClient, domain_id: str) -> httpx.Respons
 
 async def burst(settings: Settings, engine: Engine, **jobs: Any) -> Any:
     worker = make_worker(settings, jobs=jobs, crons=[], burst=True, poll_delay=0, handle_signals=False)
-    try:
-        await worker.async_run()
-    finally:
-        await worker.close()
-        portal_db.bind(engine)  # the worker bound its own engine for its jobs
-    return worker
+    return await run_burst_worker(worker, engine)
 
 
 async def test_with_redis_the_web_enqueues_and_the_worker_verifies(
