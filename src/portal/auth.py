@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -46,29 +47,31 @@ class Auth:
         return policy.decide(self.roles, self.features, permission, requires=requires)
 
 
+#: The user's active memberships with their organizations' names, for the guard and the switcher.
+_MEMBERSHIPS = (
+    "SELECT o.id, o.name, o.display_name, m.roles FROM membership m"
+    " JOIN organization o ON o.id = m.organization"
+    " WHERE m.\"user\" = {} AND m.status = 'active' ORDER BY o.display_name, o.id"
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
 async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None, str | None]:
     """Resolve the cookie to (Auth, None), or (None, expiry reason or None)."""
     resolved = await sessions.resolve(settings, token)
     if resolved.session is None or resolved.user is None:
         return None, resolved.expired
-    rows = (
-        await Membership.select(
-            Membership.organization.id.as_alias("id"),
-            Membership.organization.name.as_alias("name"),
-            Membership.organization.display_name.as_alias("display_name"),
-            Membership.roles,
-        )
-        .where((Membership.user == resolved.user["id"]) & (Membership.status == "active"))
-        .order_by(Membership.organization.display_name)
-        .output(load_json=True)
-    )
+    rows = await Membership.raw(_MEMBERSHIPS, resolved.user["id"])
     organization = resolved.organization
     roles: tuple[str, ...] | None = None
     features: frozenset[str] = frozenset()
     if organization is not None:
         mine = next((row for row in rows if row["id"] == organization["id"]), None)
         if mine is not None:
-            roles = tuple(mine["roles"] or ())
+            roles = tuple(_json(mine["roles"]) or ())
             features = frozenset(organization["features"] or ())
     organizations = [{k: row[k] for k in ("id", "name", "display_name")} for row in rows]
     return Auth(resolved.session, resolved.user, organization, roles, features, organizations), None
