@@ -9,6 +9,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Environment, FileSystemLoader
 from litestar import Litestar, MediaType, Response, get
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
@@ -34,16 +35,19 @@ from portal.web import (
 )
 
 PACKAGE_DIR = Path(__file__).parent
+#: Health checks and static files: public, and no CSRF cookie (nothing there takes a form; a cookie on a
+#: stylesheet also keeps shared caches from storing it).
+NO_SESSION = {"public": True, "exclude_from_csrf": True}
 log = logging.getLogger("portal")
 
 
-@get("/healthz", opt={"public": True}, media_type=MediaType.JSON, sync_to_thread=False)
+@get("/healthz", opt=NO_SESSION, media_type=MediaType.JSON, sync_to_thread=False)
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
-@get("/readyz", opt={"public": True}, media_type=MediaType.JSON)
+@get("/readyz", opt=NO_SESSION, media_type=MediaType.JSON)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     """The database (and Redis, when configured) answer."""
     checks: dict[str, str] = {}
@@ -109,9 +113,13 @@ def create_app(
                 await db.stop(engine)
 
     settings = ensure_secret_key(settings)
-    template_config = TemplateConfig(directory=template_dirs(registry), engine=JinjaTemplateEngine)
+    # Templates ship with the package and do not change while it runs: no file check on every render.
+    templates = Environment(
+        loader=FileSystemLoader(template_dirs(registry)), autoescape=True, auto_reload=False
+    )
+    template_config = TemplateConfig(instance=JinjaTemplateEngine(engine_instance=templates))
     static = create_static_files_router(
-        path="/static", directories=[PACKAGE_DIR / "static"], opt={"public": True}, include_in_schema=False
+        path="/static", directories=[PACKAGE_DIR / "static"], opt=NO_SESSION, include_in_schema=False
     )
     app = Litestar(
         route_handlers=[

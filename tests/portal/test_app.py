@@ -40,6 +40,18 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
     assert response.json() == {"status": "ok"}
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/static/portal.css"])
+async def test_health_checks_and_static_files_set_no_cookie(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+
+
+async def test_pages_still_get_their_csrf_cookie(client: httpx.AsyncClient) -> None:
+    response = await client.get("/login", headers={"accept": "text/html"})
+    assert "portal_csrf=" in response.headers["set-cookie"]
+
+
 async def test_readyz_checks_the_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
