@@ -15,6 +15,7 @@ from litestar.params import FromPath, URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Feature, Permission
+from portal import db
 from portal.auth import Auth, require_auth
 from portal.flash import flash
 from portal.forms import FormErrors
@@ -92,14 +93,14 @@ class DomainsController(Controller):
         """Add a domain; bad input shows the form again with the reason and saves nothing."""
         auth = require_auth(request)
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 added = await service.add_domain(
                     settings_of(request), _org_id(auth), data, actor_id=auth.user["id"], ip=client_ip(request)
                 )
         except FormErrors as exc:
             errors, status = exc.errors, exc.status_code
         except Exception as exc:
-            if not service.is_unique_violation(exc):
+            if not db.is_unique_violation(exc):
                 raise
             # The same domain added twice at once: the (organization, domain) index refused the second.
             errors, status = {"domain": "This domain is already in your list."}, 400
@@ -116,7 +117,7 @@ class DomainsController(Controller):
         """Queue a check now ("Verify now"; "Try again" for a failed domain, with a new window)."""
         auth = require_auth(request)
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 check = await service.request_check(
                     _org_id(auth), domain_id, actor_id=auth.user["id"], ip=client_ip(request)
                 )
@@ -144,7 +145,7 @@ class DomainsController(Controller):
         """Delete a domain (a verified one can then be verified by another organization)."""
         auth = require_auth(request)
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 name = await service.delete_domain(
                     _org_id(auth), domain_id, actor_id=auth.user["id"], ip=client_ip(request)
                 )

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import idna
-from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+from piccolo.engine.sqlite import SQLiteEngine
 
-from portal import accounts, clock
+from portal import accounts, clock, db
 from portal.accounts import InvalidInput
 from portal.domains import normalize_domain
 from portal.forms import FormErrors
@@ -61,21 +60,6 @@ CHECK_COLUMNS = (
 
 class Refused(Exception):
     """An action that cannot be done to this domain now; the message says why."""
-
-
-def write_transaction() -> Any:
-    """A transaction for a read-then-write; on SQLite it takes the write lock up front (no upgrade deadlock)."""
-    engine = Domain._meta.db
-    if isinstance(engine, SQLiteEngine):
-        return engine.transaction(transaction_type=TransactionType.immediate)
-    return engine.transaction()
-
-
-def is_unique_violation(exc: BaseException) -> bool:
-    """A unique-index violation on SQLite or PostgreSQL (asyncpg's is recognised by its SQLSTATE)."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        return "UNIQUE" in str(exc).upper()
-    return getattr(exc, "sqlstate", None) == "23505"
 
 
 def describe_duration(seconds: int) -> str:
@@ -292,7 +276,7 @@ async def check_domain(settings: Settings, domain_id: str) -> Lookup | None:
         return None
     now = clock.utcnow()
     if _overdue(row, settings, now):
-        async with write_transaction():
+        async with db.write_transaction():
             await _fail(
                 [row["id"]], expired_reason(settings), now, CheckReport(), count_as="expired", checked=False
             )
@@ -310,7 +294,7 @@ async def fail_overdue(settings: Settings, report: CheckReport, *, batch_size: i
     while True:
         now = clock.utcnow()
         cutoff = now - timedelta(seconds=settings.domain_verification_window)
-        async with write_transaction():
+        async with db.write_transaction():
             rows = (
                 await Domain.select(Domain.id)
                 .where((Domain.status == "pending") & (Domain.pending_since <= cutoff))
@@ -394,7 +378,7 @@ async def record_results(results: Sequence[tuple[dict[str, Any], Lookup]], repor
     found = sorted(
         (row for row, result in results if result.verified), key=lambda r: (r["created_at"], r["id"])
     )
-    async with write_transaction() as transaction:
+    async with db.write_transaction() as transaction:
         await _lock_rows([row["id"] for row, _result in results])
         verified = await _verify(transaction, found, now, report)
         by_reason: dict[str, list[str]] = defaultdict(list)
@@ -410,7 +394,7 @@ async def record_results(results: Sequence[tuple[dict[str, Any], Lookup]], repor
                 Domain.id.is_in(ids) & (Domain.status == "pending")
             )
     if verified:
-        async with write_transaction():
+        async with db.write_transaction():
             names = sorted({r["domain"] for r in verified})
             claims = await _lock_rows([], where=Domain.domain.is_in(names) & (Domain.status == "pending"))
             await _fail(claims, TAKEN, now, report, count_as="claims_failed", checked=False)
@@ -439,7 +423,7 @@ async def _verify(
     try:
         won = await _mark_verified([r["id"] for r in found], now)
     except Exception as exc:
-        if not is_unique_violation(exc):
+        if not db.is_unique_violation(exc):
             raise
         await savepoint.rollback_to()
     else:
@@ -453,7 +437,7 @@ async def _verify(
         try:
             won.extend(await _mark_verified([row["id"]], now))
         except Exception as exc:
-            if not is_unique_violation(exc):
+            if not db.is_unique_violation(exc):
                 raise
             await savepoint.rollback_to()
             lost.append(row["id"])

@@ -12,6 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Redirect
 
+from portal import db
 from portal.auth import require_auth
 from portal.flash import flash
 from portal.forms import FormErrors
@@ -81,7 +82,7 @@ class ProfileController(Controller):
         """Save names and locale; bad input shows the form again (400) and saves nothing."""
         auth = require_auth(request)
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 changed = await service.update_profile(
                     auth.user["id"], data, organization_id=auth.organization_id, ip=client_ip(request)
                 )
@@ -154,7 +155,7 @@ class ProfileController(Controller):
                 errors=exc.errors,
             )
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 old_email = await service.apply_email_change(
                     user_id, new_email, organization_id=auth.organization_id, ip=client_ip(request)
                 )

@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import unicodedata
 from typing import Any
 
-from piccolo.engine.sqlite import SQLiteEngine, TransactionType
-
-from portal import accounts, clock, codes, mail, ratelimit
+from portal import accounts, clock, codes, db, mail, ratelimit
 from portal.forms import BIDI_CONTROLS, FormErrors
 from portal.settings import Settings
 from portal.tables import User
@@ -180,20 +177,12 @@ async def get_profile(user_id: str) -> Profile:
     return Profile(**row)
 
 
-def write_transaction() -> Any:
-    """A transaction for a read-then-write; on SQLite it takes the write lock up front (no upgrade deadlock)."""
-    engine = User._meta.db
-    if isinstance(engine, SQLiteEngine):
-        return engine.transaction(transaction_type=TransactionType.immediate)
-    return engine.transaction()
-
-
 async def update_profile(
     user_id: str, form: ProfileForm, *, organization_id: str | None, ip: str
 ) -> list[str]:
     """Validate and save the profile; audit ``profile.updated``. Returns the changed fields (empty: none).
 
-    Call inside :func:`write_transaction`.
+    Call inside :func:`portal.db.write_transaction`.
     """
     values = validate_profile(form)
     current = (
@@ -329,7 +318,7 @@ class EmailTaken(Exception):
 async def apply_email_change(user_id: str, new_email: str, *, organization_id: str | None, ip: str) -> str:
     """Make ``new_email`` (proved by a code) the user's verified address; returns the old one.
 
-    Call inside :func:`write_transaction`; raises :class:`EmailTaken` if another account has it now.
+    Call inside :func:`portal.db.write_transaction`; raises :class:`EmailTaken` if another account has it now.
     """
     current = await User.select(User.email).where(User.id == user_id).first()
     if current is None:
@@ -353,10 +342,7 @@ async def apply_email_change(user_id: str, new_email: str, *, organization_id: s
 
 def is_email_taken(exc: BaseException) -> bool:
     """True for :class:`EmailTaken` and for a lost race on the unique email index (SQLite or PostgreSQL)."""
-    if isinstance(exc, EmailTaken | sqlite3.IntegrityError):
-        return True
-    # asyncpg's UniqueViolationError, recognised by its SQLSTATE so that this module needs no asyncpg types.
-    return getattr(exc, "sqlstate", None) == "23505"
+    return isinstance(exc, EmailTaken) or db.is_unique_violation(exc)
 
 
 async def notify_old_address(settings: Settings, old_email: str) -> None:

@@ -13,6 +13,7 @@ from litestar.params import URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Feature, Permission
+from portal import db
 from portal.auth import Auth, require_auth
 from portal.flash import flash
 from portal.forms import FormErrors
@@ -108,7 +109,7 @@ class SessionPolicyController(Controller):
         if data.confirm == "edit":
             return await _page(request, form=data)
         try:
-            async with service.write_transaction():
+            async with db.write_transaction():
                 outcome = await service.save(
                     settings_of(request),
                     _organization_id(auth),

@@ -11,10 +11,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine, TransactionType
-
-from portal import accounts, clock, sessions, sweep
+from portal import accounts, clock, db, sessions, sweep
 from portal.forms import FormErrors
 from portal.sessions import Timeouts
 from portal.settings import Settings
@@ -189,20 +186,6 @@ async def _last_change(organization_id: str) -> LastChange | None:
     return LastChange(at=event["at"], by=by)
 
 
-def write_transaction() -> Any:
-    """A transaction for the read-check-write of a save; SQLite takes its write lock up front."""
-    engine = Organization._meta.db
-    if isinstance(engine, SQLiteEngine):
-        return engine.transaction(transaction_type=TransactionType.immediate)
-    return engine.transaction()
-
-
-async def _lock(organization_id: str) -> None:
-    # Two admins saving at once: the second waits, then sees the first one's policy as the current one.
-    if isinstance(Organization._meta.db, PostgresEngine):
-        await Organization.raw("SELECT id FROM organization WHERE id = {} FOR UPDATE", organization_id)
-
-
 def _confirmed_count(form: PolicyForm) -> int | None:
     if form.confirm != "yes":
         return None
@@ -223,10 +206,11 @@ async def save(
     that many, the :class:`Preview` to confirm (nothing saved). Saving revokes the sessions it ends and
     audits ``session_policy.updated`` with the old and new values.
 
-    Call inside :func:`write_transaction`.
+    Call inside :func:`portal.db.write_transaction`.
     """
     new = validate(form)
-    await _lock(organization_id)
+    # Two admins saving at once: the second waits, then sees the first one's policy as the current one.
+    await db.lock_organization(organization_id)
     current = await _load_policy(organization_id)
     if new == current:
         return Saved(changed=False)

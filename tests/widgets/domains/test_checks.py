@@ -12,6 +12,7 @@ import pytest
 from piccolo.engine.base import Engine
 
 from portal import clock
+from portal import db as portal_db
 from portal.settings import Settings
 from portal.tables import AuditEvent, Domain
 from tests.dnsserver import LoopbackDNS, Mode, Zone
@@ -246,7 +247,7 @@ async def test_the_database_refuses_a_second_owner(orgs: list[dict[str, Any]]) -
     await claim(orgs[0], "example.com", status="verified", verified_domain="example.com")
     with pytest.raises(Exception) as raised:  # noqa: PT011 - the driver's own exception type
         await claim(orgs[1], "example.com", status="verified", verified_domain="example.com")
-    assert service.is_unique_violation(raised.value)
+    assert portal_db.is_unique_violation(raised.value)
 
 
 async def test_check_by_id_skips_what_is_not_pending(
