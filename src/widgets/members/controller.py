@@ -374,30 +374,37 @@ class InvitationController(Controller):
             return _accept_page(request, token=data.token, view=view, state=state, status_code=409)
         same_user = auth is not None and auth.user["email"] == view.email
         signed_in: login.SignedIn | None = None
-        try:
-            async with db.write_transaction():
-                accepted = await service.accept(
-                    policy, data.token, user=dict(auth.user) if auth and same_user else None, ip=ip
-                )
-                if auth is not None and same_user:
-                    await service.make_active(auth.session["id"], auth.user["id"], view.organization_id)
-                else:
-                    signed_in = await login.open_session(
-                        accepted.user,
-                        auth_method="invitation",
-                        requested_organization=view.organization_id,
-                        ip=ip,
-                        user_agent=request.headers.get("user-agent", ""),
-                        details={"invitation_id": view.id},
+        for attempt in (1, 2):
+            try:
+                async with db.write_transaction():
+                    accepted = await service.accept(
+                        policy, data.token, user=dict(auth.user) if auth and same_user else None, ip=ip
                     )
-        except service.InvitationUnusable as exc:
-            return _accept_page(
-                request,
-                token="",
-                view=exc.view,
-                state=exc.state,
-                status_code=_GONE.get(exc.state, 410),
-            )
+                    if auth is not None and same_user:
+                        await service.make_active(auth.session["id"], auth.user["id"], view.organization_id)
+                    else:
+                        signed_in = await login.open_session(
+                            accepted.user,
+                            auth_method="invitation",
+                            requested_organization=view.organization_id,
+                            ip=ip,
+                            user_agent=request.headers.get("user-agent", ""),
+                            details={"invitation_id": view.id},
+                        )
+                break
+            except service.InvitationUnusable as exc:
+                return _accept_page(
+                    request,
+                    token="",
+                    view=exc.view,
+                    state=exc.state,
+                    status_code=_GONE.get(exc.state, 410),
+                )
+            except Exception as exc:
+                # The address signed up at this very moment (its user row appeared between our look-up and
+                # our insert): everything was rolled back; the second attempt finds that user.
+                if attempt == 2 or not db.is_unique_violation(exc):
+                    raise
         if accepted.already_member:
             message = f"You were already a member of {view.organization_name}; the invitation's roles are yours now."
         else:

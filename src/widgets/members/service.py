@@ -818,8 +818,14 @@ async def accept(policy: PolicyEngine, token: str, *, user: dict[str, Any] | Non
     if user is None:
         user = await accounts.find_user(view.email)
         if user is None:
-            user = await accounts.create_user(view.email, verified=True)
-            new_user = True
+            try:
+                user = await accounts.create_user(view.email, verified=True)
+                new_user = True
+            except accounts.InvalidInput:
+                # The address signed up a moment ago (after the look-up above): that is the invited user.
+                user = await accounts.find_user(view.email)
+                if user is None:  # pragma: no cover - create_user refuses only an existing address
+                    raise
     if user["email"] != view.email:  # pragma: no cover - the controller matches them first
         raise InvitationUnusable("unknown")
     if not user["email_verified"]:

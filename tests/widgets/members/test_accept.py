@@ -231,6 +231,64 @@ async def test_two_accepts_at_once_use_the_link_once(
     assert len(await audit_events("invitation.accepted")) == 1
 
 
+async def test_an_account_created_after_the_look_up_is_the_one_that_joins(
+    client: httpx.AsyncClient, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from widgets.members import service
+
+    real_find_user = service.accounts.find_user
+    calls = []
+    created: list[dict[str, Any]] = []
+
+    async def find_user_while_someone_signs_up(email: str) -> dict[str, Any] | None:
+        calls.append(email)
+        if not created:
+            # The address signs up right after this look-up found nobody.
+            created.append(await make_user(email))
+            return None
+        return await real_find_user(email)
+
+    monkeypatch.setattr(service.accounts, "find_user", find_user_while_someone_signs_up)
+    response = await accept(client, world["acme_token"])
+
+    assert response.status_code == 303
+    assert calls == ["ivy@acme.test", "ivy@acme.test"]
+    [user] = await User.select().where(User.email == "ivy@acme.test")
+    assert user["id"] == created[0]["id"]
+    assert "ivy@acme.test" in await memberships(world["acme"]["id"])
+    assert len(await audit_events("invitation.accepted")) == 1
+
+
+class UniqueViolation(Exception):
+    """What the driver raises when the address was inserted between the check and the insert."""
+
+    sqlstate = "23505"
+
+
+async def test_a_unique_violation_on_the_new_account_is_retried_once(
+    client: httpx.AsyncClient, world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from widgets.members import service
+
+    real_create_user = service.accounts.create_user
+    attempts = []
+
+    async def create_user_losing_the_race_once(email: str, **kwargs: Any) -> dict[str, Any]:
+        attempts.append(email)
+        if len(attempts) == 1:
+            raise UniqueViolation("duplicate key value violates unique constraint")
+        return await real_create_user(email, **kwargs)
+
+    monkeypatch.setattr(service.accounts, "create_user", create_user_losing_the_race_once)
+    response = await accept(client, world["acme_token"])
+
+    assert response.status_code == 303
+    assert attempts == ["ivy@acme.test", "ivy@acme.test"]
+    assert await User.count().where(User.email == "ivy@acme.test") == 1
+    assert "ivy@acme.test" in await memberships(world["acme"]["id"])
+    assert len(await audit_events("invitation.accepted")) == 1
+
+
 async def test_joined_meanwhile_keeps_the_membership_and_adds_the_invited_roles(
     client: httpx.AsyncClient, world: dict[str, Any]
 ) -> None:
