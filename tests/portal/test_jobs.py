@@ -11,13 +11,14 @@ import pytest
 from click.testing import CliRunner
 from piccolo.engine.base import Engine
 
-from portal import clock
+from portal import clock, maintenance, sessions
 from portal.cli import main
 from portal.jobs import ArqQueue, CronJob, InlineQueue, JobContext, job, registered_crons
-from portal.maintenance import purge_login_records
+from portal.maintenance import purge_login_records, purge_revoked_sessions
 from portal.settings import Settings
-from portal.tables import LoginChallenge, RateEvent
+from portal.tables import LoginChallenge, RateEvent, Session
 from tests.conftest import empty_redis, run_burst_worker
+from tests.factories import make_user
 from workers.settings import make_worker, schedule
 
 CALLS: list[tuple[str, Any]] = []
@@ -148,3 +149,26 @@ def test_worker_command_needs_redis() -> None:
     result = CliRunner().invoke(main, ["worker", "--burst"], env={"PORTAL_REDIS_URL": ""})
     assert result.exit_code != 0
     assert "PORTAL_REDIS_URL is not set" in result.output
+
+
+async def test_maintenance_purges_sessions_revoked_over_30_days_ago_in_batches(
+    settings: Settings, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "PURGE_BATCH", 2)
+    user = await make_user()
+    now = clock.utcnow()
+    ages = {"old1": 31, "old2": 40, "old3": 90, "recent": 29, "live": None}
+    ids = {}
+    for name, days in ages.items():
+        _, ids[name] = await sessions.create_session(user["id"], auth_method="test")
+        if days is not None:
+            await Session.update(
+                {Session.revoked_at: now - timedelta(days=days), Session.revoke_reason: "logout"}
+            ).where(Session.id == ids[name])
+    context = JobContext(settings, InlineQueue(settings))
+
+    assert await purge_revoked_sessions(context) == 3
+    left = {r["id"] for r in await Session.select(Session.id)}
+    assert left == {ids["recent"], ids["live"]}
+    assert await purge_revoked_sessions(context) == 0
+    assert "purge_revoked_sessions" in {c.name for c in registered_crons()}
