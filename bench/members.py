@@ -6,7 +6,8 @@
    Litestar "hello world", both served the same way in this run (uvicorn, one worker, one process each) and
    loaded by the same client: a bounded set of keep-alive HTTP/1.1 connections on loopback - ratio >= 0.5.
    For reference, without a target: the portal's /healthz (one ``SELECT 1``, no session, no template) and
-   /login (a small page, no session, no query), loaded the same way: the floor any portal page stands on.
+   /login (a small page, no session, no query), loaded the same way: the floor any portal page stands on;
+   and the time to render only the 20 rows as a bare Jinja table, next to a whole hello-world request.
 
 Run: .venv/bin/python bench/members.py   (PostgreSQL at PORTAL_BENCH_DATABASE_URL, default
 postgresql://postgres@127.0.0.1:5432/portal_bench; the database is created and dropped). The last line
@@ -379,6 +380,41 @@ async def throughput(url: str, token: str, seconds: float, connections: int, rou
     return results
 
 
+def bare_table_render_us(runs: int = 2000) -> float:
+    """Microseconds to render just the 20 rows of the list as a bare Jinja table (no layout, no forms, no
+    macros): the least any Jinja-rendered members page pays per request, for comparison with hello world's
+    whole request (about 1 / hello_rps seconds)."""
+    import datetime as dt
+
+    import jinja2
+
+    template = jinja2.Environment(autoescape=True, auto_reload=False).from_string(
+        "<table>{% for m in rows %}<tr id='member-{{ m.id }}'><td><a href='/m/{{ m.id }}'>{{ m.name }}</a></td>"
+        "<td>{{ m.email }}</td><td>{% for r in m.roles %}<span>{{ r }}</span>{% endfor %}</td>"
+        "<td>{{ m.status }}</td><td>{{ m.source }}</td><td>{{ m.joined.strftime('%Y-%m-%d') }}</td></tr>"
+        "{% endfor %}</table>"
+    )
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "id": f"mem_{i}",
+            "name": "Ada Lovelace",
+            "email": f"user{i}@bench.test",
+            "roles": ["member"],
+            "status": "active",
+            "source": "portal",
+            "joined": now,
+        }
+        for i in range(20)
+    ]
+    for _ in range(100):
+        template.render(rows=rows)
+    start = time.perf_counter()
+    for _ in range(runs):
+        template.render(rows=rows)
+    return round((time.perf_counter() - start) / runs * 1e6, 1)
+
+
 # --- main -------------------------------------------------------------------------------------------------
 
 
@@ -422,6 +458,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"  for reference: /healthz {floor['portal_healthz']:.2f}, /login {floor['portal_login']:.2f} of hello world"
     )
+    render_us = bare_table_render_us()
+    hello_us = 1e6 / rps["hello"]["rps"] if rps["hello"]["rps"] else 0.0
+    print(
+        f"  a bare Jinja table of the 20 rows takes {render_us:.0f} µs to render;"
+        f" a whole hello-world request {hello_us:.0f} µs"
+    )
     p99_ok = all(latency[k]["p99"] < TARGETS["p99_ms"] for k in ("first_page", "search", "page50"))
     served_ok = all(r["statuses"].keys() == {200} for r in rps.values())
     rows_ok = (
@@ -444,6 +486,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "login_rps": rps["portal_login"]["rps"],
         "healthz_ratio": floor["portal_healthz"],
         "login_ratio": floor["portal_login"],
+        "bare_table_render_us": render_us,
+        "hello_request_us": round(hello_us, 1),
         "connections": args.connections,
         "seconds": args.seconds,
         "rounds_rps": {name: r["rounds_rps"] for name, r in rps.items()},
