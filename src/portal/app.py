@@ -21,7 +21,7 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
-from policy import PolicyEngine
+from policy import PolicyEngine, PolicyError
 from portal import db, login, passkey_login, shell
 from portal.auth import SessionMiddleware, policy_guard
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
@@ -39,6 +39,7 @@ PACKAGE_DIR = Path(__file__).parent
 #: stylesheet also keeps shared caches from storing it).
 NO_SESSION = {"public": True, "exclude_from_csrf": True}
 log = logging.getLogger("portal")
+policy_log = logging.getLogger("portal.policy")
 
 
 @get("/healthz", opt=NO_SESSION, media_type=MediaType.JSON, sync_to_thread=False)
@@ -83,6 +84,20 @@ def template_dirs(registry: WidgetRegistry) -> list[Path | PathLike[Any] | str]:
     widgets_root = PACKAGE_DIR.parent / "widgets"
     dirs.extend(sorted(p for p in widgets_root.glob("*/templates") if p.is_dir()))
     return dirs
+
+
+def reload_policy(policy: PolicyEngine) -> bool:
+    """Re-read the policy files (``portal serve`` does on SIGHUP). With problems, the policy in force stays
+    and each problem is logged as ``file:line: message``; False then."""
+    try:
+        policy.reload()
+    except PolicyError as exc:
+        policy_log.error(
+            "policy in %s NOT reloaded; the previous one stays in force:\n%s", policy.directory, exc
+        )
+        return False
+    policy_log.info("policy reloaded from %s; roles: %s", policy.directory, ", ".join(policy.roles))
+    return True
 
 
 def create_app(

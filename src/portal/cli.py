@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -74,14 +75,16 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve the portal with uvicorn."""
     import uvicorn
 
-    from portal.app import create_app
+    from portal.app import create_app, reload_policy
 
     settings = ensure_secret_key(_settings())
-    _policy(settings)
+    policy = _policy(settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    app = create_app(settings)
+    app = create_app(settings, policy=policy)
+    # `kill -HUP <pid>` re-reads the policy files; a policy with problems is refused and the old one stays.
+    signal.signal(signal.SIGHUP, lambda *_: reload_policy(policy))
     click.echo(
         f"Portal serving on http://{host or settings.host}:{port or settings.port} (public URL {settings.origin})"
     )
