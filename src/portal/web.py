@@ -6,6 +6,7 @@ import logging
 import secrets
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from litestar import MediaType, Request, Response
 from litestar.datastructures import MutableScopeHeaders
@@ -121,7 +122,10 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     from portal.auth import Denied, SignInRequired, login_url
 
     if isinstance(exc, SignInRequired) and wants_html(request):
-        return Redirect(login_url(request.url.path, request.url.query), status_code=303)
+        # The path as the browser asked for it: the router drops a trailing slash from scope["path"].
+        raw = request.scope.get("raw_path")
+        path = unquote(raw.decode("latin-1")) if isinstance(raw, bytes) and raw else request.url.path
+        return Redirect(login_url(path, request.url.query), status_code=303)
     extra: dict[str, Any] = {}
     if isinstance(exc, Denied):
         extra["reason"] = exc.decision.reason.value if exc.decision.reason else None

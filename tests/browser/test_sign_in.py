@@ -50,7 +50,7 @@ async def test_sign_in_switch_and_sign_out(
     )
 
     await page.goto(f"{server.url}/ui/")
-    await expect(page).to_have_url(f"{server.url}/login?return_to=/ui")
+    await expect(page).to_have_url(f"{server.url}/login?return_to=/ui/")
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENSHOTS / "login.png"))

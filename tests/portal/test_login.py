@@ -647,7 +647,7 @@ async def test_logout_revokes_the_session(
     plant(client, old_cookie)
     again = await client.get("/ui/", headers=HTML)
     assert again.status_code == 303
-    assert again.headers["location"].startswith("/login?return_to=/ui")
+    assert again.headers["location"] == "/login?return_to=/ui/"
 
 
 async def test_another_users_revoked_session_cookie_leads_to_the_login_page(
@@ -963,3 +963,19 @@ async def test_audit_records_success_failure_and_sign_out(
     actions = sorted(row["action"] for row in rows)
     assert actions == ["login.failed", "login.succeeded", "logout"]
     assert all(row["ip"] == "127.0.0.1" for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/ui/", "/login?return_to=/ui/"),
+        ("/ui/account/profile?tab=a%20b", "/login?return_to=/ui/account/profile%3Ftab%3Da%2520b"),
+        ("/ui/organization/members/mem_%C3%A9", "/login?return_to=/ui/organization/members/mem_%C3%A9"),
+    ],
+)
+async def test_signed_out_browsers_come_back_to_the_exact_path(
+    client: httpx.AsyncClient, path: str, location: str
+) -> None:
+    response = await client.get(path, headers=HTML)
+    assert response.status_code == 303
+    assert response.headers["location"] == location
