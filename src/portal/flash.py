@@ -43,7 +43,8 @@ def read(request: Request[Any, Any, Any], settings: Settings) -> dict[str, str] 
     if not hmac.compare_digest(_sign(settings, payload), raw):
         return None
     kind, message = json.loads(payload)
-    return {"kind": "error" if kind == "error" else "ok", "message": str(message)}
+    # ``pending``: something still under way; the page's live update removes it when the result is shown.
+    return {"kind": kind if kind in ("error", "pending") else "ok", "message": str(message)}
 
 
 def clear_cookie(settings: Settings) -> Cookie:

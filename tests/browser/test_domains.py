@@ -70,11 +70,15 @@ async def test_add_copy_and_verify_a_domain(
     zone.set_mode(record_name("example.com"), Mode.SILENT)
     await card.get_by_role("button", name="Verify now").click()
     await expect(page.locator(f"#{row['id']}").get_by_text("Checking the TXT record now")).to_be_visible()
+    await expect(page.locator(".flash-pending")).to_contain_text("Checking the TXT record of example.com")
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=str(SCREENSHOTS / "domains-checking.png"), full_page=True)
     zone.publish(record_name("example.com"), value)  # the resolver's second try finds it
     await expect(page.locator(f"#{row['id']}").get_by_text("Verified", exact=True)).to_be_visible(
         timeout=15000
     )
     await expect(page.locator("#live-status")).to_contain_text("example.com: Verified on")
+    await expect(page.locator(".flash-pending")).to_have_count(0)  # "Checking..." is no longer true
     await page.screenshot(path=str(SCREENSHOTS / "domains-verified.png"), full_page=True)
 
     assert csp_violations == []

@@ -1,7 +1,7 @@
 // Results that arrive later: an element with data-refresh="MS" and an id is fetched again from this page's
 // URL every MS milliseconds and replaced, until the server renders it without data-refresh (e.g. a queued
-// check has finished), at most 60 times. Elements marked data-queued are announced when they finish. Without
-// JavaScript, reloading the page shows the same.
+// check has finished), at most 60 times. Elements marked data-queued are announced when they finish, and
+// "pending" banners (.flash-pending) are removed then. Without JavaScript, reloading the page shows the same.
 (function () {
   "use strict";
   var MAX_TRIES = 60;
@@ -38,7 +38,12 @@
           return (heading ? heading.textContent.trim() + ": " : "") + (status ? status.textContent.replace(/\s+/g, " ").trim() : "");
         }).filter(Boolean);
         announce(finished.join(" "));
-        if (node.hasAttribute("data-refresh") && tries < MAX_TRIES) window.setTimeout(tick, delay);
+        if (!node.hasAttribute("data-refresh")) {
+          // Everything has finished: a banner saying "checking..." is no longer true.
+          Array.prototype.forEach.call(document.querySelectorAll(".flash-pending"), function (banner) { banner.remove(); });
+        } else if (tries < MAX_TRIES) {
+          window.setTimeout(tick, delay);
+        }
       }).catch(function () { /* offline or signed out: stop; a reload shows the state */ });
     }
 

@@ -138,7 +138,7 @@ class DomainsController(Controller):
         window = service.describe_duration(settings_of(request).domain_verification_window)
         lead = f"{name} is pending again for {window}. " if check.restarted else ""
         message = f"{lead}Checking the TXT record of {name}. The result appears below."
-        return _back(request, message, anchor=domain_id)
+        return _back(request, message, "pending", anchor=domain_id)
 
     @post("/{domain_id:str}/delete", opt=MANAGE, status_code=303)
     async def delete(self, request: Request[Any, Any, Any], domain_id: FromPath[str]) -> Response[Any]:

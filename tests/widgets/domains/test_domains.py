@@ -439,7 +439,7 @@ async def test_verify_now_checks_at_once_and_the_page_shows_the_result(
     assert response.headers["location"] == f"{URL}#{row['id']}"
     await jobs_of(app).drain()
     assert await flash_after(client, response) == (
-        "ok: Checking the TXT record of example.com. The result appears below."
+        "pending: Checking the TXT record of example.com. The result appears below."
     )
     box = text(card((await client.get(URL, headers=HTML)).text, row["id"]))
     assert "Not verified yet: No TXT record found: the record name does not exist in DNS yet." in box
@@ -533,7 +533,7 @@ async def test_try_again_restarts_the_window_of_a_failed_domain(
     response = await post(client, f"{URL}/{row['id']}/verify")
     await jobs_of(app).drain()
     assert await flash_after(client, response) == (
-        "ok: late.example.com is pending again for 72 hours. Checking the TXT record of late.example.com. "
+        "pending: late.example.com is pending again for 72 hours. Checking the TXT record of late.example.com. "
         "The result appears below."
     )
     [row] = await rows(world["acme"]["id"])
