@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -17,6 +19,7 @@ from piccolo.table import Table
 from portal.tables import TABLES, Organization
 
 _engine: Engine[Any] | None = None
+log = logging.getLogger("portal.db")
 
 
 def make_engine(database_url: str) -> Engine[Any]:
@@ -63,10 +66,23 @@ async def _no_session_reset(connection: Any) -> None:
     query made outside a transaction. asyncpg still rolls back a transaction left open."""
 
 
+#: How long a shutdown waits for pooled connections still in use.
+CLOSE_TIMEOUT = 10.0
+
+
 async def stop(engine: Engine[Any]) -> None:
-    """Close the connection pool (PostgreSQL)."""
-    if isinstance(engine, PostgresEngine):
-        await engine.close_connection_pool()
+    """Close the connection pool (PostgreSQL): wait up to :data:`CLOSE_TIMEOUT` for connections in use to come
+    back, then close the rest by force (a connection that never comes back must not stop a shutdown)."""
+    if isinstance(engine, PostgresEngine) and engine.pool is not None:
+        pool, engine.pool = engine.pool, None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await pool.close()
+        except TimeoutError:
+            log.warning(
+                "database connections still in use after %s s at shutdown: closing them", CLOSE_TIMEOUT
+            )
+            pool.terminate()
 
 
 async def ping(engine: Engine[Any]) -> None:

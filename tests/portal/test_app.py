@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import httpx
 import pytest
@@ -144,3 +146,26 @@ async def test_one_log_line_per_request(client: httpx.AsyncClient, caplog: pytes
     assert len(lines) == 1
     assert lines[0].startswith("GET /healthz 200 ")
     assert lines[0].endswith(f"request_id={response.headers['x-request-id']}")
+
+
+async def test_shutdown_does_not_wait_forever_for_a_connection_in_use(
+    database_url: str, db: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from piccolo.engine.postgres import PostgresEngine
+
+    from portal import db as portal_db
+
+    engine = portal_db.make_engine(database_url)
+    await portal_db.start(engine)
+    if not isinstance(engine, PostgresEngine):
+        await portal_db.stop(engine)  # SQLite opens a connection per query: no pool to wait for
+        return
+    monkeypatch.setattr(portal_db, "CLOSE_TIMEOUT", 0.2)
+    assert engine.pool is not None
+    await engine.pool.acquire()  # e.g. a request still running at shutdown, never released
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="portal.db"):
+        await asyncio.wait_for(portal_db.stop(engine), 5)
+    assert time.monotonic() - started < 2
+    assert engine.pool is None
+    assert "still in use after 0.2 s at shutdown" in caplog.text
