@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.conftest import POLICY_DIR, ROOT
+from tests.conftest import POLICY_DIR, free_port, portal_serve
 
 #: `make screenshots` writes them into the docs; an ordinary test run keeps them out of the work tree.
 SCREENSHOTS = Path(
@@ -39,13 +34,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/browser/" in str(item.fspath):
             item.add_marker(pytest.mark.browser)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def chromium_path() -> str:
@@ -82,38 +70,9 @@ def live_server(live_server_env: dict[str, str], db: object, tmp_path: Path) -> 
     """`portal serve` in its own process (its own event loop and connection pool), on a free port."""
     port = free_port()
     url = f"http://localhost:{port}"  # localhost, not 127.0.0.1: WebAuthn needs a domain as RP id.
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")},
-        **live_server_env,
-        "PORTAL_PUBLIC_URL": url,
-    }
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "portal.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the portal did not start:\n" + (tmp_path / "server.log").read_text())
-            time.sleep(0.1)
+    env = {**live_server_env, "PORTAL_PUBLIC_URL": url}
+    with portal_serve(env, port, tmp_path / "server.log"):
         yield LiveServer(url=url, data_dir=Path(live_server_env["PORTAL_DATA_DIR"]))
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture

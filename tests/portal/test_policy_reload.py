@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +14,7 @@ import pytest
 
 from policy import Permission, PolicyEngine
 from portal.app import reload_policy
-from tests.conftest import POLICY_DIR, ROOT
+from tests.conftest import POLICY_DIR, free_port, portal_serve
 
 SUPPORT_ROLE = "\np, support, sk_org_users_read\n"
 BROKEN = "\np, support, sk_org_users_reed\n"
@@ -67,26 +63,16 @@ def test_a_policy_with_problems_is_refused_and_the_old_one_stays(
 
 
 def test_portal_serve_reloads_on_sighup(policy_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "server.log"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PORTAL_")},
         "PORTAL_DATABASE_URL": f"sqlite:///{tmp_path / 'portal.sqlite3'}",
         "PORTAL_POLICY_DIR": str(policy_dir),
         "PORTAL_DATA_DIR": str(tmp_path / "var"),
         "PORTAL_SECRET_KEY": "reload-test-secret-" + "x" * 32,
         "PORTAL_LOG_LEVEL": "INFO",
     }
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "portal.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        _wait(lambda: _healthy(port), "the portal to start", log_path)
+    with portal_serve(env, port, log_path) as process:
         add(policy_dir, SUPPORT_ROLE)
         process.send_signal(signal.SIGHUP)
         _wait(lambda: "roles: admin, member, support" in log_path.read_text(), "the reload", log_path)
@@ -95,15 +81,6 @@ def test_portal_serve_reloads_on_sighup(policy_dir: Path, tmp_path: Path) -> Non
         _wait(lambda: "NOT reloaded" in log_path.read_text(), "the refusal", log_path)
         assert "sk_org_users_reed" in log_path.read_text()
         assert _healthy(port)  # still serving, on the last good policy
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthy(port: int) -> bool:
