@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -22,12 +21,12 @@ from litestar.response import Redirect
 from piccolo.columns.combination import WhereRaw
 
 from policy import PolicyEngine
-from portal import accounts, codes, db, flash, mail, passkeys, ratelimit, sessions
+from portal import accounts, codes, flash, mail, passkeys, ratelimit, sessions
 from portal.auth import auth_of, require_auth
 from portal.pages import render
 from portal.settings import Settings
 from portal.shell import client_ip, safe_return_to
-from portal.tables import Domain, Membership, Organization, User
+from portal.tables import Membership, Organization, User
 from portal.web import error_response
 
 log = logging.getLogger("portal.login")
@@ -150,18 +149,10 @@ class SignedIn:
     user: dict[str, Any]
     choice: OrganizationChoice
     offers: list[dict[str, Any]]
-    #: The organization joined without asking at this sign-in (its verified domain), if any.
-    joined: dict[str, Any] | None = None
 
 
 async def sign_in(
-    email: str,
-    *,
-    challenge_id: str,
-    requested_organization: str | None,
-    known_roles: Collection[str],
-    ip: str,
-    user_agent: str,
+    email: str, *, challenge_id: str, requested_organization: str | None, ip: str, user_agent: str
 ) -> SignedIn | None:
     """The email is proven: find or (JIT) create the user, open a new session. None if nobody may sign in."""
     user = await accounts.find_user(email)
@@ -179,7 +170,6 @@ async def sign_in(
         user,
         auth_method=AUTH_METHOD,
         requested_organization=requested_organization,
-        known_roles=known_roles,
         ip=ip,
         user_agent=user_agent,
         details={"challenge_id": challenge_id},
@@ -191,20 +181,15 @@ async def open_session(
     *,
     auth_method: str,
     requested_organization: str | None,
-    known_roles: Collection[str],
     ip: str,
     user_agent: str,
     details: dict[str, Any] | None = None,
 ) -> SignedIn:
-    """The user has just proven their email (a code, an invitation link): mark it verified, join the
-    organization that verified the email's domain, choose the active organization, open a new session and
-    audit ``login.succeeded``."""
+    """The user has just proven their email (a code, an invitation link): mark it verified, choose the active
+    organization, open a new session and audit ``login.succeeded``."""
     if not user["email_verified"]:
         await User.update({User.email_verified: True}).where(User.id == user["id"])
         user["email_verified"] = True
-    joined = await auto_join(user, known_roles=known_roles, ip=ip)
-    if joined is not None and requested_organization is None:
-        requested_organization = joined["id"]
     choice = await choose_organization(user, requested_organization)
     token, session_id = await sessions.create_session(
         user["id"],
@@ -223,7 +208,7 @@ async def open_session(
         details={"method": auth_method, "session_id": session_id, **(details or {})},
         ip=ip,
     )
-    return SignedIn(token, session_id, user, choice, await jit_offers(user), joined)
+    return SignedIn(token, session_id, user, choice, await jit_offers(user))
 
 
 async def complete_sign_in(
@@ -239,47 +224,18 @@ async def complete_sign_in(
     response.set_cookie(
         sessions.session_cookie(settings, signed_in.token, max_age=settings.session_absolute_timeout)
     )
-    if signed_in.joined is not None:
-        name = signed_in.joined["display_name"]
-        response = flash.flash(response, settings, f"You joined {name}: it has verified your email's domain.")
     return response
 
 
-async def auto_join(user: dict[str, Any], *, known_roles: Collection[str], ip: str) -> dict[str, Any] | None:
-    """Join, without asking (as ``member``, source ``jit``), the organization that allows the user's proven
-    email domain and has verified that domain by DNS (DESIGN §4). None if there is none, or the user is
-    already in it."""
-    if not user.get("email_verified"):
-        return None
-    domain = email_domain(user["email"])
-    owner = await Domain.select(Domain.organization).where(Domain.verified_domain == domain).first()
-    if owner is None:
-        return None
-    # Only one organization can have verified a domain; it must also allow it (and the user not be in it).
-    organization = next((o for o in await jit_offers(user) if o["id"] == owner["organization"]), None)
+async def join(
+    user: dict[str, Any], session_id: str, organization_id: str, *, known_roles: tuple[str, ...], ip: str
+) -> dict[str, Any] | None:
+    """Join an organization the user was offered (as ``member``, source ``jit``); None if not offered."""
+    # tenant check: the id comes from a form; only an organization that allows the user's proven email
+    # domain, and that the user is not in yet, may be joined.
+    organization = next((o for o in await jit_offers(user) if o["id"] == organization_id), None)
     if organization is None:
         return None
-    if not set(JIT_ROLES) <= set(known_roles):
-        log.warning("auto-join to %s skipped: the policy defines no role %s", organization["id"], JIT_ROLES)
-        return None
-    try:
-        await _add_jit_member(user, organization, known_roles=known_roles, ip=ip, verified_domain=True)
-    except Exception as exc:
-        # Joined by a concurrent sign-in of the same user a moment ago.
-        if not (isinstance(exc, accounts.InvalidInput) or db.is_unique_violation(exc)):
-            raise
-        return None
-    return organization
-
-
-async def _add_jit_member(
-    user: dict[str, Any],
-    organization: dict[str, Any],
-    *,
-    known_roles: Collection[str],
-    ip: str,
-    verified_domain: bool,
-) -> None:
     await accounts.add_member(
         organization["id"],
         user["id"],
@@ -293,26 +249,9 @@ async def _add_jit_member(
         organization_id=organization["id"],
         actor_id=user["id"],
         target=user["id"],
-        details={
-            "source": "jit",
-            "roles": list(JIT_ROLES),
-            "domain": email_domain(user["email"]),
-            "verified_domain": verified_domain,
-        },
+        details={"source": "jit", "roles": list(JIT_ROLES), "domain": email_domain(user["email"])},
         ip=ip,
     )
-
-
-async def join(
-    user: dict[str, Any], session_id: str, organization_id: str, *, known_roles: tuple[str, ...], ip: str
-) -> dict[str, Any] | None:
-    """Join an organization the user was offered (as ``member``, source ``jit``); None if not offered."""
-    # tenant check: the id comes from a form; only an organization that allows the user's proven email
-    # domain, and that the user is not in yet, may be joined.
-    organization = next((o for o in await jit_offers(user) if o["id"] == organization_id), None)
-    if organization is None:
-        return None
-    await _add_jit_member(user, organization, known_roles=known_roles, ip=ip, verified_domain=False)
     await sessions.set_active_organization(session_id, organization["id"])
     await User.update({User.last_organization: organization["id"]}).where(User.id == user["id"])
     return organization
@@ -570,7 +509,6 @@ async def submit_code(request: Request[Any, Any, Any], data: URLEncodedBody[Code
         challenge["email"],
         challenge_id=challenge["id"],
         requested_organization=organization or None,
-        known_roles=request.app.state.policy.roles,
         ip=ip,
         user_agent=request.headers.get("user-agent", ""),
     )

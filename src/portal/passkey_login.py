@@ -101,7 +101,6 @@ async def passkey_sign_in(request: Request[Any, Any, Any], data: JSONBody[Passke
         user,
         auth_method=AUTH_METHOD,
         requested_organization=(data.organization or "").strip()[:200] or None,
-        known_roles=request.app.state.policy.roles,
         ip=ip,
         user_agent=request.headers.get("user-agent", ""),
         details={"passkey_id": passkey["id"]},

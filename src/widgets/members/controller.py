@@ -387,7 +387,6 @@ class InvitationController(Controller):
                             accepted.user,
                             auth_method="invitation",
                             requested_organization=view.organization_id,
-                            known_roles=policy.roles,
                             ip=ip,
                             user_agent=request.headers.get("user-agent", ""),
                             details={"invitation_id": view.id},
