@@ -83,8 +83,13 @@ def serve(host: str | None, port: int | None) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     app = create_app(settings, policy=policy)
-    # `kill -HUP <pid>` re-reads the policy files; a policy with problems is refused and the old one stays.
-    signal.signal(signal.SIGHUP, lambda *_: reload_policy(policy))
+
+    async def reload_on_sighup() -> None:
+        # `kill -HUP <pid>` re-reads the policy files (in the event loop, between requests); a policy with
+        # problems is refused and the one in force stays.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_policy, policy)
+
+    app.on_startup.append(reload_on_sighup)
     click.echo(
         f"Portal serving on http://{host or settings.host}:{port or settings.port} (public URL {settings.origin})"
     )
