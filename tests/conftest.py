@@ -109,21 +109,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
 
 
-async def recreate_postgres_database(url: str) -> None:
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?")[0]
+
+
+def with_database_name(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead."""
+    base, _, rest = url.rpartition("/")
+    _, question, query = rest.partition("?")
+    return f"{base}/{name}{question}{query}"
+
+
+async def recreate_postgres_database(url: str, *, drop_only: bool = False) -> None:
     """Drop and create the database named in ``url`` (connecting to the ``postgres`` database)."""
-    name = url.rsplit("/", 1)[1].split("?")[0]
-    admin = await asyncpg.connect(url.rsplit("/", 1)[0] + "/postgres")
+    name = database_name(url)
+    admin = await asyncpg.connect(with_database_name(url, "postgres"))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        if not drop_only:
+            await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
+
+
+async def drop_abandoned_run_databases(url: str) -> None:
+    """Drop ``<name>_<pid>...`` databases left by test runs whose process is gone (killed runs)."""
+    prefix = database_name(url) + "_"
+    admin = await asyncpg.connect(with_database_name(url, "postgres"))
+    try:
+        names = [r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")]
+    finally:
+        await admin.close()
+    for name in names:
+        pid = name.removeprefix(prefix).split("_", 1)[0]
+        if name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            await recreate_postgres_database(with_database_name(url, name), drop_only=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if ENGINE_KIND == "postgres":
-        return PG_URL
+        # A database of this run's own, so that two runs on one machine (or a run and CI) do not drop or
+        # empty each other's tables.
+        return with_database_name(PG_URL, f"{database_name(PG_URL)}_{os.getpid()}")
     return f"sqlite:///{tmp_path_factory.mktemp('db') / 'portal.sqlite3'}"
 
 
@@ -131,12 +169,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 async def engine(database_url: str) -> AsyncIterator[Engine]:
     """One migrated engine for the session."""
     if ENGINE_KIND == "postgres":
+        await drop_abandoned_run_databases(PG_URL)
         await recreate_postgres_database(database_url)
     built = portal_db.bind(portal_db.make_engine(database_url))
     await portal_db.start(built)
     await migrate()
     yield built
     await portal_db.stop(built)
+    if ENGINE_KIND == "postgres":
+        await recreate_postgres_database(database_url, drop_only=True)
 
 
 @pytest.fixture

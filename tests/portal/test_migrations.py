@@ -11,15 +11,15 @@ import portal as migrate_module
 from portal import db
 from portal.migrate import migrate
 from portal.tables import TABLES, Domain, Membership, Organization, User
-from tests.conftest import ENGINE_KIND, PG_URL, recreate_postgres_database
+from tests.conftest import ENGINE_KIND, database_name, recreate_postgres_database, with_database_name
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
-async def fresh_engine(tmp_path: object, engine: Engine) -> object:
+async def fresh_engine(tmp_path: object, engine: Engine, database_url: str) -> object:
     if ENGINE_KIND == "postgres":
-        url = PG_URL.rsplit("/", 1)[0] + "/portal_test_migrations"
+        url = with_database_name(database_url, database_name(database_url) + "_migrations")
         await recreate_postgres_database(url)
     else:
         url = f"sqlite:///{tmp_path}/fresh.sqlite3"  # type: ignore[str-bytes-safe]
@@ -28,6 +28,8 @@ async def fresh_engine(tmp_path: object, engine: Engine) -> object:
     yield fresh
     await db.stop(fresh)
     db.bind(engine)
+    if ENGINE_KIND == "postgres":
+        await recreate_postgres_database(url, drop_only=True)
 
 
 async def test_migrations_apply_from_empty_and_twice(fresh_engine: Engine) -> None:
