@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -14,7 +13,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from policy import Decision, Feature, Permission, PolicyEngine
-from portal import sessions
+from portal import db, sessions
 from portal.settings import Settings
 from portal.tables import Membership
 
@@ -55,10 +54,6 @@ _MEMBERSHIPS = (
 )
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None, str | None]:
     """Resolve the cookie to (Auth, None), or (None, expiry reason or None)."""
     resolved = await sessions.resolve(settings, token)
@@ -71,7 +66,7 @@ async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None,
     if organization is not None:
         mine = next((row for row in rows if row["id"] == organization["id"]), None)
         if mine is not None:
-            roles = tuple(_json(mine["roles"]) or ())
+            roles = tuple(db.json_value(mine["roles"]) or ())
             features = frozenset(organization["features"] or ())
     organizations = [{k: row[k] for k in ("id", "name", "display_name")} for row in rows]
     return Auth(resolved.session, resolved.user, organization, roles, features, organizations), None

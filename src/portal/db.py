@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -83,6 +84,11 @@ async def stop(engine: Engine[Any]) -> None:
                 "database connections still in use after %s s at shutdown: closing them", CLOSE_TIMEOUT
             )
             pool.terminate()
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column's value read by a raw query (SQLite and asyncpg hand it over as text)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 async def ping(engine: Engine[Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,7 +10,7 @@ from litestar.datastructures import Cookie
 from piccolo.columns import JSON, JSONB
 from piccolo.table import Table
 
-from portal import clock
+from portal import clock, db
 from portal.ids import hash_secret, new_secret
 from portal.settings import Settings
 from portal.tables import Organization, Session, User
@@ -127,7 +126,7 @@ def _part(row: dict[str, Any], keys: list[tuple[str, str, bool]]) -> dict[str, A
     part = {}
     for key, name, is_json in keys:
         value = row[key]
-        part[name] = json.loads(value) if is_json and isinstance(value, str) else value
+        part[name] = db.json_value(value) if is_json else value
     return part
 
 

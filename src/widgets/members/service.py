@@ -186,9 +186,7 @@ async def _another_role_changer(policy: PolicyEngine, organization_id: str, exce
 
 
 def _json_list(value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = json.loads(value or "[]")
-    return [str(v) for v in (value or [])]
+    return [str(v) for v in (db.json_value(value or "[]") or [])]
 
 
 # --- the list -----------------------------------------------------------------------------------------------
