@@ -178,9 +178,12 @@
     });
   }
 
+  // What assert() resolves to when the portal answered with a page to go to (signed in, or step-up).
+  var LEAVING = "leaving";
+
   function assert(optionsUrl, verifyUrl, extra, mediation, signal) {
     return postJSON(optionsUrl).then(function (options) {
-      if (follow(options)) return null;
+      if (follow(options)) return LEAVING;
       if (!options.ok) throw refusal(options);
       var publicKey = requestOptions(options.data);
       var request = { publicKey: publicKey };
@@ -190,7 +193,7 @@
         if (!credential) return null;
         var answer = credentialJSON(credential);
         return postJSON(verifyUrl, Object.assign({ credential: answer }, extra())).then(function (result) {
-          if (follow(result)) return null;
+          if (follow(result)) return LEAVING;
           var error = result.data && result.data.error;
           if (error && error.reason === "unknown_credential" && PublicKeyCredential.signalUnknownCredential) {
             // Lets the password manager hide a passkey this portal no longer knows.
@@ -265,7 +268,10 @@
       show(status, "");
       busy(button, true);
       stopConditional()
-        .then(function () {
+        .then(function (outcome) {
+          // The autofill request had already signed in (its passkey was picked just before the click):
+          // the page is on its way; a second sign-in would open a second session.
+          if (outcome === LEAVING) return null;
           return assert(button.dataset.optionsUrl, button.dataset.verifyUrl, loginExtra, null, null);
         })
         .catch(function (error) {
