@@ -27,10 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-from portal import clock, db  # noqa: E402
-from portal.migrate import migrate  # noqa: E402
-from portal.settings import Settings  # noqa: E402
-from portal.tables import Domain, Organization  # noqa: E402
+from portal.core import clock, db  # noqa: E402
+from portal.core.migrate import migrate  # noqa: E402
+from portal.core.settings import Settings  # noqa: E402
+from portal.core.tables import Domain, Organization  # noqa: E402
 from widgets.domains import service, verification  # noqa: E402
 
 TARGET_SECONDS = 30

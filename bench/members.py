@@ -72,8 +72,9 @@ async def populate(url: str, members: int) -> dict[str, Any]:
     """Migrate, then one organization with ``members`` users and memberships, inserted set-based."""
     import asyncpg
 
-    from portal import accounts, db, sessions
-    from portal.migrate import migrate
+    from portal.auth import accounts, sessions
+    from portal.core import db
+    from portal.core.migrate import migrate
 
     engine = db.bind(db.make_engine(url))
     await db.start(engine)
@@ -200,8 +201,8 @@ def serve(kind: str, port: int) -> None:
     import uvicorn
 
     if kind == "portal":
-        from portal.app import create_app
-        from portal.settings import load_settings
+        from portal.core.settings import load_settings
+        from portal.web.app import create_app
 
         settings = load_settings(os.environ)
         logging.basicConfig(level=settings.log_level.upper())
@@ -421,7 +422,7 @@ def bare_table_render_us(runs: int = 2000) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = os.environ.get("PORTAL_BENCH_DATABASE_URL", DEFAULT_URL)
     await recreate(url)
-    from portal import db
+    from portal.core import db
 
     try:
         world = await populate(url, args.members)

@@ -26,11 +26,12 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import asyncpg  # noqa: E402
 
-from portal import accounts, clock, db  # noqa: E402
-from portal.migrate import migrate  # noqa: E402
-from portal.settings import Settings  # noqa: E402
-from portal.sweep import BATCH_SIZE, sweep_expired  # noqa: E402
-from portal.tables import Organization  # noqa: E402
+from portal.auth import accounts  # noqa: E402
+from portal.auth.sweep import BATCH_SIZE, sweep_expired  # noqa: E402
+from portal.core import clock, db  # noqa: E402
+from portal.core.migrate import migrate  # noqa: E402
+from portal.core.settings import Settings  # noqa: E402
+from portal.core.tables import Organization  # noqa: E402
 
 DATABASE_URL = os.environ.get(
     "PORTAL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal_bench_sessions"

@@ -21,13 +21,13 @@ from litestar import Litestar
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import db as portal_db
-from portal.app import create_app
-from portal.migrate import migrate
-from portal.registry import WidgetRegistry, discover
-from portal.settings import Settings
-from portal.tables import TABLES
-from tests.portal.mailserver import Mailbox, MailServer
+from portal.core import db as portal_db
+from portal.core.migrate import migrate
+from portal.core.settings import Settings
+from portal.core.tables import TABLES
+from portal.web.app import create_app
+from portal.web.registry import WidgetRegistry, discover
+from tests.mailserver import Mailbox, MailServer
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "policies"
@@ -287,7 +287,7 @@ class FrozenClock:
 @pytest.fixture
 def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
     """``portal.clock.utcnow`` frozen at 2026-11-22 12:00:00.123456 UTC (code must call it via the module)."""
-    from portal import clock
+    from portal.core import clock
 
     fake = FrozenClock(datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=UTC))
     monkeypatch.setattr(clock, "utcnow", fake)

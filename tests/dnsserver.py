@@ -19,7 +19,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, TXT, DNSError, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
-from portal.settings import Settings
+from portal.core.settings import Settings
 
 
 class Mode(enum.Enum):

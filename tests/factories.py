@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from policy import Feature
-from portal import accounts, sessions
-from portal.settings import Settings
+from portal.auth import accounts, sessions
+from portal.core.settings import Settings
 
 _counter = itertools.count(1)
 
@@ -122,8 +122,8 @@ async def make_invitation(
     """A pending invitation to ``org``; returns (invitation id, the link's token). Only the hash is stored."""
     from datetime import timedelta
 
-    from portal import clock, ids
-    from portal.tables import Invitation
+    from portal.core import clock, ids
+    from portal.core.tables import Invitation
 
     token = ids.new_secret("inv")
     invitation = Invitation(

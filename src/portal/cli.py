@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 import click
 
 from policy import PolicyEngine, PolicyError, check_policy_dir
-from portal import accounts, db
-from portal.settings import Settings, SettingsError, ensure_secret_key, load_settings
+from portal.auth import accounts
+from portal.core import db
+from portal.core.errors import InvalidInput
+from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ def _with_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(run())
-    except accounts.InvalidInput as exc:
+    except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -57,8 +59,8 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending database migrations."""
-    from portal.migrate import MigrationError
-    from portal.migrate import migrate as run_migrations
+    from portal.core.migrate import MigrationError
+    from portal.core.migrate import migrate as run_migrations
 
     settings = _settings()
     try:
@@ -75,7 +77,7 @@ def serve(host: str | None, port: int | None) -> None:
     """Serve the portal with uvicorn."""
     import uvicorn
 
-    from portal.app import create_app, reload_policy
+    from portal.web.app import create_app, reload_policy
 
     settings = ensure_secret_key(_settings())
     policy = _policy(settings)
@@ -110,7 +112,7 @@ def worker(burst: bool) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    from workers.settings import make_worker
+    from portal.jobs import make_worker
 
     make_worker(settings, burst=burst).run()
 
@@ -154,9 +156,9 @@ def policy_check(directory: str | None) -> None:
 @click.option("--org", "org_ref", required=True, help="Organization id, name or external id.")
 def policy_explain(email: str, org_ref: str) -> None:
     """For each permission and widget: allowed, or the reason it is denied."""
-    from portal.explain import explain
-    from portal.facts import load_facts
-    from portal.registry import discover
+    from portal.web.explain import explain
+    from portal.web.facts import load_facts
+    from portal.web.registry import discover
 
     settings = _settings()
     engine = _policy(settings)

@@ -10,18 +10,24 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from portal.settings import Settings
+from arq import cron as arq_cron
+from arq.connections import RedisSettings
+from arq.worker import Function, Worker
+from arq.worker import func as arq_func
+
+from portal.core import db
+from portal.core.settings import Settings
 
 log = logging.getLogger("portal.jobs")
 
 JobFunction = Callable[..., Awaitable[Any]]
 
 #: Modules whose import registers jobs (widget packages register theirs when the registry discovers them).
-JOB_MODULES: tuple[str, ...] = ("portal.maintenance", "workers.sessions", "workers.domains")
+JOB_MODULES: tuple[str, ...] = ("portal.auth.maintenance", "portal.auth.jobs")
 
 
 class JobQueue(Protocol):
@@ -76,7 +82,7 @@ def cron(name: str, interval: Callable[[Settings], int]) -> Callable[[JobFunctio
 
 def load_job_modules() -> None:
     """Import every module that registers jobs: the portal's own and each widget package's."""
-    from portal.registry import discover
+    from portal.web.registry import discover
 
     for module in JOB_MODULES:
         importlib.import_module(module)
@@ -191,3 +197,89 @@ def make_queue(settings: Settings) -> InlineQueue | ArqQueue:
     if settings.redis_url:
         return ArqQueue(settings.redis_url)
     return InlineQueue(settings)
+
+
+# --- the arq worker (``portal worker``; ``workers/settings.py`` for arq's own command) ------------------
+
+worker_log = logging.getLogger("portal.worker")
+
+
+def schedule(interval: int) -> dict[str, Any]:
+    """arq cron fields for "every ``interval`` seconds", rounded to a divisor of a minute, hour or day."""
+    for unit, field, span in ((1, "second", 60), (60, "minute", 60), (3600, "hour", 24)):
+        if interval < unit * span:
+            step = max(1, interval // unit)
+            while span % step:
+                step -= 1
+            times: dict[str, Any] = {field: set(range(0, span, step))}
+            if field != "second":
+                times["second"] = 0
+            if field == "hour":
+                times["minute"] = 0
+            return times
+    return {"hour": 0, "minute": 0, "second": 0}
+
+
+def _adapt(name: str, function: JobFunction) -> Any:
+    """arq calls ``fn(ctx_dict, *args)``; our jobs take a JobContext."""
+
+    async def run(ctx: dict[str, Any], *args: Any) -> Any:
+        return await function(ctx["job_context"], *args)
+
+    run.__qualname__ = run.__name__ = name
+    return run
+
+
+def worker_options(
+    settings: Settings,
+    *,
+    jobs: Mapping[str, JobFunction] | None = None,
+    crons: list[CronJob] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for :class:`arq.worker.Worker` (tests pass their own jobs)."""
+    assert settings.redis_url, "the worker needs PORTAL_REDIS_URL"
+    if jobs is None:
+        load_job_modules()
+        jobs = registered_jobs()
+        crons = registered_crons() if crons is None else crons
+    # Enqueued jobs keep no result: a job id then deduplicates while the job is queued or running only, as
+    # in the embedded queue. (arq keeps results an hour by default, and refuses an id whose result it
+    # keeps: "Verify now" pressed twice within the hour would quietly not check again.) Cron jobs keep
+    # theirs; their ids name the scheduled time.
+    functions: list[Function] = [
+        arq_func(_adapt(name, fn), name=name, keep_result=0) for name, fn in jobs.items()
+    ]
+    cron_jobs = [
+        arq_cron(
+            _adapt(c.name, c.function), name=f"cron:{c.name}", unique=True, **schedule(c.interval(settings))
+        )
+        for c in crons or ()
+    ]
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = db.bind(db.make_engine(settings.database_url))
+        await db.start(engine)
+        ctx["engine"] = engine
+        ctx["job_context"] = JobContext(settings, ArqQueue(pool=ctx["redis"]))
+        worker_log.info("worker ready: %d jobs, %d cron jobs", len(functions), len(cron_jobs))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        if "engine" in ctx:
+            await db.stop(ctx["engine"])
+
+    return {
+        "functions": functions,
+        "cron_jobs": cron_jobs,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "handle_signals": True,
+        "max_jobs": 20,
+    }
+
+
+def make_worker(settings: Settings, **overrides: Any) -> Worker:
+    """An arq Worker for ``settings``; ``overrides`` go to Worker (e.g. burst=True, poll_delay=0)."""
+    jobs = overrides.pop("jobs", None)
+    crons = overrides.pop("crons", None)
+    return Worker(**{**worker_options(settings, jobs=jobs, crons=crons), **overrides})

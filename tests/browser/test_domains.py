@@ -7,8 +7,8 @@ from typing import Any
 
 from playwright.async_api import Browser, expect
 
-from portal import accounts, sessions
-from portal.tables import Domain
+from portal.auth import accounts, sessions
+from portal.core.tables import Domain
 from tests.browser.conftest import SCREENSHOTS, LiveServer
 from tests.dnsserver import LoopbackDNS, Mode, Zone, dns_server, zone
 from widgets.domains.verification import record_name, record_value

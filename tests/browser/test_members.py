@@ -10,9 +10,9 @@ from typing import Any
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from policy import PolicyEngine
-from portal import accounts, sessions
+from portal.auth import accounts, sessions
 from tests.browser.conftest import SCREENSHOTS, LiveServer
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 
 
 async def wait_for_link(mail: Mailbox, address: str) -> str:

@@ -10,11 +10,12 @@ from playwright.async_api import Browser, CDPSession, expect
 from playwright.async_api import Error as PlaywrightError
 
 from policy import PolicyEngine
-from portal import accounts, clock, sessions
-from portal.tables import Passkey, Session
+from portal.auth import accounts, sessions
+from portal.core import clock
+from portal.core.tables import Passkey, Session
 from tests.browser.conftest import SCREENSHOTS, LiveServer
 from tests.browser.test_sign_in import wait_for_code
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 
 FIREFOX_WINDOWS = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0"
 SAFARI_IPHONE = (

@@ -10,8 +10,9 @@ from typing import Any
 from playwright.async_api import Browser, Page, expect
 
 from policy import Feature, PolicyEngine
-from portal import accounts, clock, sessions
-from portal.tables import Organization, Session
+from portal.auth import accounts, sessions
+from portal.core import clock
+from portal.core.tables import Organization, Session
 from tests.browser.conftest import SCREENSHOTS, LiveServer
 
 URL = "/ui/organization/session-policy"

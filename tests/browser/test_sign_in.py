@@ -8,9 +8,9 @@ from typing import Any
 from playwright.async_api import Browser, expect
 
 from policy import Feature, PolicyEngine
-from portal import accounts
+from portal.auth import accounts
 from tests.browser.conftest import SCREENSHOTS, LiveServer
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 
 
 async def wait_for_code(mail: Mailbox, address: str) -> str:

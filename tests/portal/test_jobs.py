@@ -11,15 +11,24 @@ import pytest
 from click.testing import CliRunner
 from piccolo.engine.base import Engine
 
-from portal import clock, maintenance, sessions
+from portal.auth import maintenance, sessions
+from portal.auth.maintenance import purge_login_records, purge_revoked_sessions
 from portal.cli import main
-from portal.jobs import ArqQueue, CronJob, InlineQueue, JobContext, job, registered_crons
-from portal.maintenance import purge_login_records, purge_revoked_sessions
-from portal.settings import Settings
-from portal.tables import LoginChallenge, RateEvent, Session
+from portal.core import clock
+from portal.core.settings import Settings
+from portal.core.tables import LoginChallenge, RateEvent, Session
+from portal.jobs import (
+    ArqQueue,
+    CronJob,
+    InlineQueue,
+    JobContext,
+    job,
+    make_worker,
+    registered_crons,
+    schedule,
+)
 from tests.conftest import empty_redis, run_burst_worker
 from tests.factories import make_user
-from workers.settings import make_worker, schedule
 
 CALLS: list[tuple[str, Any]] = []
 

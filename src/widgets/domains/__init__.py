@@ -1,10 +1,11 @@
 """Domains: an organization's domains, verified by a DNS TXT record (DESIGN §6).
 
-The checks run as background jobs (workers/domains.py): on a schedule, and at once on "Verify now".
+The checks run as background jobs (``jobs.py``, registered when the registry imports this package): on a schedule, and at once on "Verify now".
 """
 
 from policy import Feature, Permission
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
+from widgets.domains import jobs  # noqa: F401 - registers verify_domain and check_pending_domains
 from widgets.domains.controller import DomainsController
 
 WIDGET = Widget(

@@ -15,19 +15,19 @@ from litestar.params import FromPath, URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Feature, Permission
-from portal import db
-from portal.auth import Auth, require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import render, settings_of
-from portal.shell import client_ip
-from portal.web import error_response, wants_html
+from portal.core import db
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import Auth, require_auth
+from portal.web.http import error_response, wants_html
+from portal.web.pages import render, settings_of
+from portal.web.shell import client_ip
 from widgets.domains import service
 from widgets.domains.schemas import AddDomainForm
 
 if TYPE_CHECKING:
     from portal.jobs import JobQueue
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 log = logging.getLogger("widgets.domains")
 

@@ -2,7 +2,7 @@
 
 Every query the widget makes is scoped to the active organization's id, which the controller takes from
 the session. The checks (``check_domain`` for "Verify now", ``check_pending_domains`` on a schedule) run in
-background jobs (workers/domains.py) and re-read rows by id, so they are idempotent: every write is
+background jobs (jobs.py) and re-read rows by id, so they are idempotent: every write is
 conditional on the domain still being pending.
 
 One owner per domain: ``domain.verified_domain`` carries a unique index and is set in the same UPDATE that
@@ -22,13 +22,14 @@ from typing import Any
 import idna
 from piccolo.engine.sqlite import SQLiteEngine
 
-from portal import accounts, clock, db
-from portal.accounts import InvalidInput
-from portal.domains import normalize_domain
-from portal.forms import FormErrors
+from portal.auth import accounts
+from portal.core import clock, db
+from portal.core.domains import normalize_domain
+from portal.core.errors import InvalidInput
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Domain
 from portal.jobs import JobQueue
-from portal.settings import Settings
-from portal.tables import AuditEvent, Domain
+from portal.web.forms import FormErrors
 from widgets.domains import verification
 from widgets.domains.schemas import AddDomainForm, CheckReport, CheckRequest, DomainView
 from widgets.domains.verification import Lookup
@@ -257,7 +258,7 @@ async def delete_domain(organization_id: str, domain_id: str, *, actor_id: str, 
     return str(row["domain"])
 
 
-# --- checks (run by the jobs in workers/domains.py) ------------------------------------------------------
+# --- checks (run by the jobs in jobs.py) ------------------------------------------------------
 
 
 def _overdue(row: dict[str, Any], settings: Settings, now: datetime) -> bool:

@@ -22,7 +22,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from portal.settings import Settings
+from portal.core.settings import Settings
 
 RECORD_LABEL = "_portal-verification"
 VALUE_PREFIX = "portal-verification="

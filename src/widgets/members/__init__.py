@@ -1,7 +1,7 @@
 """Members: the list, invitations, roles and removal (DESIGN §1), and the public invitation accept page."""
 
 from policy import Permission
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
 from widgets.members.controller import InvitationController, MembersController
 
 WIDGET = Widget(

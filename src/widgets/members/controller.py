@@ -17,18 +17,19 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Permission
-from portal import db, login
-from portal.auth import Auth, auth_of, require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import policy_of, render, settings_of
-from portal.shell import client_ip
-from portal.web import error_response, wants_html
+from portal.auth import login
+from portal.core import db
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import Auth, auth_of, require_auth
+from portal.web.http import error_response, wants_html
+from portal.web.pages import policy_of, render, settings_of
+from portal.web.shell import client_ip
 from widgets.members import service
 from widgets.members.schemas import AcceptForm, InvitationView, InviteForm, MemberQuery, RolesForm
 
 if TYPE_CHECKING:
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 URL = "/ui/organization/members"
 ACCEPT_URL = "/invitations/accept"

@@ -27,11 +27,13 @@ from typing import Any
 from piccolo.utils.encoding import dump_json
 
 from policy import Permission, PolicyEngine
-from portal import accounts, db, ids, mail, sessions
-from portal.clock import utcnow
-from portal.forms import FormErrors
-from portal.settings import Settings
-from portal.tables import AuditEvent, Invitation, Membership, Organization, Session, User
+from portal.auth import accounts, sessions
+from portal.core import db, ids, mail
+from portal.core.clock import utcnow
+from portal.core.errors import InvalidInput
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Invitation, Membership, Organization, Session, User
+from portal.web.forms import FormErrors
 from widgets.members.schemas import (
     InvitationView,
     InviteForm,
@@ -406,7 +408,7 @@ def parse_emails(raw: str) -> list[str]:
             continue
         try:
             email = accounts.normalize_email(part)
-        except accounts.InvalidInput:
+        except InvalidInput:
             bad.append(part[:80])
             continue
         if email not in found:
@@ -819,7 +821,7 @@ async def accept(policy: PolicyEngine, token: str, *, user: dict[str, Any] | Non
             try:
                 user = await accounts.create_user(view.email, verified=True)
                 new_user = True
-            except accounts.InvalidInput:
+            except InvalidInput:
                 # The address signed up a moment ago (after the look-up above): that is the invited user.
                 user = await accounts.find_user(view.email)
                 if user is None:  # pragma: no cover - create_user refuses only an existing address

@@ -1,6 +1,6 @@
 """Profile: the signed-in user's names, display name, language and email address (DESIGN §1)."""
 
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
 from widgets.profile.controller import ProfileController
 
 WIDGET = Widget(

@@ -12,17 +12,17 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Redirect
 
-from portal import db
-from portal.auth import require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import render, settings_of
-from portal.shell import client_ip
+from portal.core import db
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import require_auth
+from portal.web.pages import render, settings_of
+from portal.web.shell import client_ip
 from widgets.profile import service
 from widgets.profile.schemas import EmailChangeForm, EmailCodeForm, Profile, ProfileForm
 
 if TYPE_CHECKING:
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 URL = "/ui/account/profile"
 VERIFY_URL = f"{URL}/email/verify"

@@ -12,10 +12,12 @@ import re
 import unicodedata
 from typing import Any
 
-from portal import accounts, clock, codes, db, mail, ratelimit
-from portal.forms import BIDI_CONTROLS, FormErrors
-from portal.settings import Settings
-from portal.tables import User
+from portal.auth import accounts, codes, ratelimit
+from portal.core import clock, db, mail
+from portal.core.errors import InvalidInput
+from portal.core.settings import Settings
+from portal.core.tables import User
+from portal.web.forms import BIDI_CONTROLS, FormErrors
 from widgets.profile.schemas import EmailChangeForm, PendingEmailChange, Profile, ProfileForm
 
 log = logging.getLogger("widgets.profile")
@@ -227,7 +229,7 @@ async def request_email_change(
         raise FormErrors({"new_email": "Enter an email address like name@example.com."})
     try:
         new_email = accounts.normalize_email(form.new_email)
-    except accounts.InvalidInput as exc:
+    except InvalidInput as exc:
         raise FormErrors({"new_email": exc.message}) from None
     current = await User.select(User.email).where(User.id == user["id"]).first()
     if current is None:

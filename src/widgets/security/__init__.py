@@ -1,6 +1,6 @@
 """Security: the signed-in user's passkeys and sessions, with a fresh confirmation for sensitive actions."""
 
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
 from widgets.security.controller import SecurityController
 
 WIDGET = Widget(

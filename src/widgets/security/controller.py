@@ -15,18 +15,18 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect
 
-from portal import passkeys
-from portal.auth import Auth, require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import render, settings_of
-from portal.shell import client_ip
-from portal.web import error_response
+from portal.auth import passkeys
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import Auth, require_auth
+from portal.web.http import error_response
+from portal.web.pages import render, settings_of
+from portal.web.shell import client_ip
 from widgets.security import service
 from widgets.security.schemas import ConfirmForm, CredentialBody, RenameForm
 
 if TYPE_CHECKING:
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 URL = "/ui/account/security"
 CONFIRM_URL = f"{URL}/confirm"

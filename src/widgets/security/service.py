@@ -15,10 +15,11 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from portal import accounts, clock, codes, mail, passkeys, ratelimit, sessions, useragent
-from portal.forms import BIDI_CONTROLS, FormErrors
-from portal.settings import Settings
-from portal.tables import Passkey, Session
+from portal.auth import accounts, codes, passkeys, ratelimit, sessions, useragent
+from portal.core import clock, mail
+from portal.core.settings import Settings
+from portal.core.tables import Passkey, Session
+from portal.web.forms import BIDI_CONTROLS, FormErrors
 from widgets.security.schemas import PasskeyView, SessionView
 
 log = logging.getLogger("widgets.security")

@@ -1,7 +1,7 @@
 """Session policy: the organization's absolute and idle session timeouts (DESIGN §1, §5)."""
 
 from policy import Feature, Permission
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
 from widgets.session_policy.controller import SessionPolicyController
 
 WIDGET = Widget(

@@ -13,18 +13,18 @@ from litestar.params import URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Feature, Permission
-from portal import db
-from portal.auth import Auth, require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import render, settings_of
-from portal.shell import client_ip
-from portal.web import error_response, wants_html
+from portal.core import db
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import Auth, require_auth
+from portal.web.http import error_response, wants_html
+from portal.web.pages import render, settings_of
+from portal.web.shell import client_ip
 from widgets.session_policy import service
 from widgets.session_policy.schemas import PolicyForm, Preview
 
 if TYPE_CHECKING:
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 URL = "/ui/organization/session-policy"
 READ = {"permission": Permission.SESSION_POLICY_READ, "feature": Feature.SESSION_POLICY}

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import msgspec
 
-from portal.sessions import Timeouts
+from portal.auth.sessions import Timeouts
 
 
 class PolicyForm(msgspec.Struct):

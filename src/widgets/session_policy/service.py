@@ -11,11 +11,12 @@ import re
 from datetime import datetime
 from typing import Any
 
-from portal import accounts, clock, db, sessions, sweep
-from portal.forms import FormErrors
-from portal.sessions import Timeouts
-from portal.settings import Settings
-from portal.tables import AuditEvent, Organization, Session, User
+from portal.auth import accounts, sessions, sweep
+from portal.auth.sessions import Timeouts
+from portal.core import clock, db
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Organization, Session, User
+from portal.web.forms import FormErrors
 from widgets.session_policy.schemas import LastChange, Policy, PolicyForm, PolicyPage, Preview, Saved
 
 SOURCES = ("application", "custom")

@@ -1,7 +1,7 @@
 """Organization settings: name, display name and allowed email domains (DESIGN §1)."""
 
 from policy import Permission
-from portal.registry import Section, Widget
+from portal.web.registry import Section, Widget
 from widgets.settings.controller import SettingsController
 
 WIDGET = Widget(

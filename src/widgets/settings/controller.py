@@ -12,19 +12,19 @@ from litestar.params import URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Permission
-from portal import db
-from portal.auth import Auth, require_auth
-from portal.flash import flash
-from portal.forms import FormErrors
-from portal.pages import render
-from portal.settings import Settings
-from portal.shell import client_ip
-from portal.web import error_response, wants_html
+from portal.core import db
+from portal.core.settings import Settings
+from portal.web.flash import flash
+from portal.web.forms import FormErrors
+from portal.web.guard import Auth, require_auth
+from portal.web.http import error_response, wants_html
+from portal.web.pages import render
+from portal.web.shell import client_ip
 from widgets.settings import service
 from widgets.settings.schemas import OrganizationSettings, SettingsForm
 
 if TYPE_CHECKING:
-    from portal.registry import Widget
+    from portal.web.registry import Widget
 
 URL = "/ui/organization/settings"
 LABELS = {"name": "Name", "display_name": "Display name", "allowed_email_domains": "Allowed email domains"}

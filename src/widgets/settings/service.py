@@ -9,10 +9,12 @@ import re
 import unicodedata
 from typing import Any
 
-from portal import accounts, domains
-from portal.clock import utcnow
-from portal.forms import BIDI_CONTROLS, FormErrors
-from portal.tables import Domain, Organization
+from portal.auth import accounts
+from portal.core import domains
+from portal.core.clock import utcnow
+from portal.core.errors import InvalidInput
+from portal.core.tables import Domain, Organization
+from portal.web.forms import BIDI_CONTROLS, FormErrors
 from widgets.settings.schemas import OrganizationSettings, SettingsForm
 
 FIELDS = ("name", "display_name", "allowed_email_domains")
@@ -86,7 +88,7 @@ def validate(form: SettingsForm) -> dict[str, Any]:
     for raw in raw_domains:
         try:
             normalized.add(domains.normalize_domain(raw, "allowed_email_domains"))
-        except accounts.InvalidInput as exc:
+        except InvalidInput as exc:
             if exc.message not in problems:
                 problems.append(exc.message)
     if problems:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.settings import Settings
+from portal.core.settings import Settings
 from tests.dnsserver import LoopbackDNS, dns_server, zone
 
 __all__ = ["dns_server", "zone"]

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 from piccolo.engine.base import Engine
 
-from portal import clock
-from portal import db as portal_db
-from portal.settings import Settings
-from portal.tables import AuditEvent, Domain
+from portal.core import clock
+from portal.core import db as portal_db
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Domain
 from tests.dnsserver import LoopbackDNS, Mode, Zone
 from tests.factories import make_org
 from widgets.domains import service, verification

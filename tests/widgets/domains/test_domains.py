@@ -15,12 +15,12 @@ from litestar import Litestar
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import clock
-from portal.app import create_app
+from portal.core import clock
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Domain
 from portal.jobs import InlineQueue
-from portal.registry import WidgetRegistry
-from portal.settings import Settings
-from portal.tables import AuditEvent, Domain
+from portal.web.app import create_app
+from portal.web.registry import WidgetRegistry
 from tests.conftest import serve
 from tests.dnsserver import Mode, Zone
 from tests.factories import make_member, make_org, make_user, sign_in
@@ -629,7 +629,7 @@ async def test_forged_organization_id_in_the_form_is_ignored(
 
 
 def test_settings_reject_a_nameserver_that_is_not_an_address(settings: Settings) -> None:
-    from portal.settings import SettingsError, load_settings
+    from portal.core.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError, match=r"PORTAL_DNS_NAMESERVERS: 'dns.example' is not an IP address"):
         load_settings({"PORTAL_DNS_NAMESERVERS": "127.0.0.1, dns.example"})

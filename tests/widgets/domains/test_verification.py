@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from portal.settings import Settings
+from portal.core.settings import Settings
 from tests.dnsserver import LoopbackDNS, Mode, Zone, free_port
 from widgets.domains import verification
 from widgets.domains.verification import Finding, lookup, make_resolver, record_name, record_value

@@ -11,11 +11,11 @@ import pytest
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import db as portal_db
-from portal.settings import Settings
+from portal.core import db as portal_db
+from portal.core.settings import Settings
 from tests.conftest import POLICY_DIR
 from tests.factories import make_invitation, make_member, make_org, make_user
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 
 #: Roles an app owner might add: `inviter` invites but holds nothing else; `lead` manages members but has
 #: none of the SSO, SCIM or session-policy permissions an admin has.

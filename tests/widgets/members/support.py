@@ -9,9 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from portal.tables import AuditEvent, Invitation, Membership
+from portal.core.tables import AuditEvent, Invitation, Membership
 from tests.factories import csrf_token
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 
 HTML = {"accept": "text/html"}
 JSON = {"accept": "application/json"}

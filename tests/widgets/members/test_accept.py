@@ -11,11 +11,12 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from portal import clock, sessions
-from portal.settings import Settings
-from portal.tables import Invitation, Membership, Session, User
+from portal.auth import sessions
+from portal.core import clock
+from portal.core.settings import Settings
+from portal.core.tables import Invitation, Membership, Session, User
 from tests.factories import csrf_token, make_invitation, make_member, make_user, sign_in
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 from tests.widgets.members.support import (
     ACCEPT,
     HTML,

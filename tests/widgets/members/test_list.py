@@ -9,8 +9,8 @@ import httpx
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import accounts
-from portal.tables import Membership, User
+from portal.auth import accounts
+from portal.core.tables import Membership, User
 from tests.factories import make_invitation, make_member, make_org, make_user, sign_in
 from tests.widgets.members.support import HTML, URL, invitation_emails, link, member_names, post
 from widgets.members import service

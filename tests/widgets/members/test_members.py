@@ -11,10 +11,10 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from portal import clock, ids
-from portal.tables import Invitation, Membership, Session
+from portal.core import clock, ids
+from portal.core.tables import Invitation, Membership, Session
 from tests.factories import make_invitation, make_member, make_user, sign_in
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 from tests.widgets.members.support import (
     ACCEPT,
     HTML,
@@ -644,7 +644,7 @@ async def test_hostile_query_strings_are_harmless(
 async def test_invitation_emails_are_rate_limited_per_organization(
     client: httpx.AsyncClient, world: dict[str, Any], mail: Mailbox
 ) -> None:
-    from portal import accounts
+    from portal.auth import accounts
     from widgets.members import service
 
     for _ in range(service.INVITES_PER_HOUR - 2):

@@ -18,11 +18,11 @@ from litestar.handlers import HTTPRouteHandler
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import clock
-from portal.app import create_app
-from portal.registry import WidgetRegistry
-from portal.settings import Settings
-from portal.tables import AuditEvent, LoginChallenge, User
+from portal.core import clock
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, LoginChallenge, User
+from portal.web.app import create_app
+from portal.web.registry import WidgetRegistry
 from tests.conftest import serve
 from tests.factories import csrf_token, make_member, make_org, make_user, sign_in
 from widgets.profile import WIDGET, service

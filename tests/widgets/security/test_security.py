@@ -15,11 +15,12 @@ import httpx
 import msgspec
 import pytest
 
-from portal import clock, passkeys, sessions
-from portal.settings import Settings
-from portal.tables import AuditEvent, LoginChallenge, Passkey, Session
+from portal.auth import passkeys, sessions
+from portal.core import clock
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, LoginChallenge, Passkey, Session
 from tests.factories import csrf_token, make_member, make_org, make_user
-from tests.portal.mailserver import Mailbox
+from tests.mailserver import Mailbox
 from tests.softauthn import REGISTER, REGISTER_OPTIONS, SoftAuthenticator, b64url, post_json, register
 
 ORIGIN = "http://localhost:8000"

@@ -17,10 +17,10 @@ from litestar.handlers import HTTPRouteHandler
 from piccolo.engine.base import Engine
 
 from policy import Feature, Permission, PolicyEngine
-from portal import sessions
-from portal.app import create_app
-from portal.settings import Settings
-from portal.tables import AuditEvent, Organization, Session
+from portal.auth import sessions
+from portal.core.settings import Settings
+from portal.core.tables import AuditEvent, Organization, Session
+from portal.web.app import create_app
 from tests.conftest import POLICY_DIR, FrozenClock, serve
 from tests.factories import csrf_token, make_member, make_org, make_user
 from widgets.session_policy import WIDGET, service

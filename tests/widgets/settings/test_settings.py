@@ -11,8 +11,8 @@ import pytest
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine
-from portal import accounts
-from portal.tables import AuditEvent, Domain, Organization
+from portal.auth import accounts
+from portal.core.tables import AuditEvent, Domain, Organization
 from tests.factories import csrf_token, make_member, make_org, make_user, sign_in
 
 HTML = {"accept": "text/html"}
@@ -320,7 +320,7 @@ async def test_allowed_domains_feed_the_jit_join_offer(
     client: httpx.AsyncClient, world: dict[str, Any], policy: PolicyEngine
 ) -> None:
     """Domains saved here are what the hosted login offers to join by (DESIGN §4)."""
-    from portal import login
+    from portal.auth import login
 
     await sign_in(client, world["alice"], world["acme"])
     await post_settings(client, allowed_email_domains="Initech.TEST")

@@ -1,0 +1,251 @@
+"""Admin operations on organizations, users and memberships, shared by the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+from policy import Feature
+from portal.core import clock
+from portal.core.errors import InvalidInput
+from portal.core.tables import AuditEvent, Membership, Organization, User
+
+_EMAIL = re.compile(
+    # Local part: RFC 5322 dot-atom characters only (no spaces, quotes or control characters).
+    r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
+)
+_ORG_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
+MEMBERSHIP_SOURCES = ("portal", "api", "scim", "jit")
+
+
+def normalize_email(raw: str) -> str:
+    """Trim and lowercase an email address; raise :class:`InvalidInput` if it is not one."""
+    email = raw.strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise InvalidInput("email", "Enter an email address like name@example.com.")
+    return email
+
+
+def parse_features(values: Iterable[str]) -> list[str]:
+    """Validate feature keys against the vocabulary; sorted and de-duplicated."""
+    known = {f.value for f in Feature}
+    features = sorted({v.strip() for v in values if v.strip()})
+    unknown = [f for f in features if f not in known]
+    if unknown:
+        raise InvalidInput("features", f"unknown feature {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return features
+
+
+# --- member keys (members widget): what membership rows keep of their user for search and ordering -----
+
+
+def fold(text: str) -> str:
+    """Text as the members list sorts and searches it: casefolded, accents dropped, spaces collapsed.
+
+    ``Émile  Zola`` -> ``emile zola``. Applied to stored keys and to search terms alike.
+    """
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(unicodedata.normalize("NFC", stripped).split())
+
+
+def member_keys(user: dict[str, Any]) -> dict[str, str]:
+    """The membership columns copied from ``user``: email, sort_key (name, else email), family_key."""
+    email = str(user.get("email") or "")
+    name = str(user.get("display_name") or "").strip()
+    if not name:
+        name = " ".join(str(user.get(k) or "").strip() for k in ("given_name", "family_name")).strip()
+    return {
+        "email": email,
+        "sort_key": fold(name or email)[:320],
+        "family_key": fold(str(user.get("family_name") or ""))[:100],
+    }
+
+
+async def sync_member_keys(user_id: str) -> None:
+    """Copy the user's current email and names onto all their memberships (after any change to them)."""
+    user = (
+        await User.select(User.email, User.display_name, User.given_name, User.family_name)
+        .where(User.id == user_id)
+        .first()
+    )
+    if user is None:
+        return
+    keys = member_keys(user)
+    await Membership.update(
+        {
+            Membership.email: keys["email"],
+            Membership.sort_key: keys["sort_key"],
+            Membership.family_key: keys["family_key"],
+        }
+    ).where(Membership.user == user_id)
+
+
+# --- end member keys
+
+
+async def audit(
+    action: str,
+    *,
+    organization_id: str | None = None,
+    actor_id: str | None = None,
+    target: str = "",
+    details: dict[str, Any] | None = None,
+    ip: str = "",
+) -> None:
+    """Write one audit event (DESIGN §3: every change made through the portal)."""
+    await AuditEvent(
+        organization_id=organization_id,
+        actor_id=actor_id,
+        action=action,
+        target=target,
+        details=details or {},
+        ip=ip,
+        at=clock.utcnow(),
+    ).save()
+
+
+async def find_organization(ref: str) -> dict[str, Any] | None:
+    """An organization by id, name or external id."""
+    query = Organization.select().where(
+        (Organization.id == ref) | (Organization.name == ref) | (Organization.external_id == ref)
+    )
+    return cast(dict[str, Any] | None, await query.first().output(load_json=True))
+
+
+async def find_user(email: str) -> dict[str, Any] | None:
+    """A user by (normalized) email."""
+    row: dict[str, Any] | None = await User.select().where(User.email == email.strip().lower()).first()
+    return row
+
+
+async def create_organization(
+    name: str,
+    display_name: str | None = None,
+    *,
+    features: Sequence[str] = (),
+    external_id: str | None = None,
+    actor_id: str | None = None,
+) -> dict[str, Any]:
+    """Create an organization; ``name`` is a unique lowercase slug."""
+    name = name.strip().lower()
+    if not _ORG_NAME.match(name):
+        raise InvalidInput("name", "Use lowercase letters, digits and hyphens (at most 100).")
+    if await Organization.exists().where(Organization.name == name):
+        raise InvalidInput("name", f"An organization named {name!r} already exists.")
+    if external_id and await Organization.exists().where(Organization.external_id == external_id):
+        raise InvalidInput("external_id", f"An organization with external id {external_id!r} already exists.")
+    org = Organization(
+        name=name,
+        display_name=(display_name or name).strip()[:200],
+        external_id=external_id or None,
+        features=parse_features(features),
+    )
+    await org.save()
+    await audit("organization.created", organization_id=org.id, actor_id=actor_id, target=org.id)
+    return cast(
+        dict[str, Any],
+        await Organization.select().where(Organization.id == org.id).first().output(load_json=True),
+    )
+
+
+async def create_user(
+    email: str, *, given_name: str = "", family_name: str = "", verified: bool = False
+) -> dict[str, Any]:
+    """Create a user with a normalized, unique email."""
+    email = normalize_email(email)
+    if await User.exists().where(User.email == email):
+        raise InvalidInput("email", f"A user with email {email} already exists.")
+    display = " ".join(part for part in (given_name.strip(), family_name.strip()) if part)
+    user = User(
+        email=email,
+        email_verified=verified,
+        given_name=given_name.strip(),
+        family_name=family_name.strip(),
+        display_name=display,
+    )
+    await user.save()
+    await audit("user.created", target=user.id)
+    return cast(dict[str, Any], await User.select().where(User.id == user.id).first())
+
+
+async def add_member(
+    organization_id: str,
+    user_id: str,
+    roles: Sequence[str],
+    *,
+    known_roles: Iterable[str],
+    source: str = "portal",
+    actor_id: str | None = None,
+) -> dict[str, Any]:
+    """Make a user an active member with ``roles``, each of which the policy must define."""
+    known = set(known_roles)
+    unknown = [r for r in roles if r not in known]
+    if unknown:
+        raise InvalidInput(
+            "roles", f"role {unknown[0]!r} is not defined in the policy (known: {', '.join(sorted(known))})"
+        )
+    if source not in MEMBERSHIP_SOURCES:
+        raise InvalidInput("source", f"source must be one of {', '.join(MEMBERSHIP_SOURCES)}")
+    exists = await Membership.exists().where(
+        (Membership.organization == organization_id) & (Membership.user == user_id)
+    )
+    if exists:
+        raise InvalidInput("user", "This user is already a member of the organization.")
+    user = (
+        await User.select(User.email, User.display_name, User.given_name, User.family_name)
+        .where(User.id == user_id)
+        .first()
+    )
+    if user is None:
+        raise InvalidInput("user", "No such user.")
+    keys = member_keys(user)
+    membership = Membership(
+        organization=organization_id,
+        user=user_id,
+        roles=sorted(set(roles)),
+        status="active",
+        source=source,
+        email=keys["email"],
+        sort_key=keys["sort_key"],
+        family_key=keys["family_key"],
+    )
+    await membership.save()
+    await audit(
+        "member.added",
+        organization_id=organization_id,
+        actor_id=actor_id,
+        target=user_id,
+        details={"roles": sorted(set(roles)), "source": source},
+    )
+    return cast(
+        dict[str, Any],
+        await Membership.select().where(Membership.id == membership.id).first().output(load_json=True),
+    )
+
+
+DEMO_ORG = "acme"
+DEMO_ADMIN = "alice@acme.test"
+DEMO_MEMBER = "bob@acme.test"
+
+
+async def seed_demo(known_roles: Iterable[str]) -> bool:
+    """Create organization "Acme" (every feature on) with admin alice and member bob, once. True if created."""
+    if await Organization.exists().where(Organization.name == DEMO_ORG):
+        return False
+    org = await create_organization(DEMO_ORG, "Acme", features=[f.value for f in Feature])
+    known = list(known_roles)
+    for email, given, family, role in (
+        (DEMO_ADMIN, "Alice", "Admin", "admin"),
+        (DEMO_MEMBER, "Bob", "Member", "member"),
+    ):
+        user = await find_user(email) or await create_user(
+            email, given_name=given, family_name=family, verified=True
+        )
+        await add_member(org["id"], user["id"], [role], known_roles=known)
+    await Organization.update({Organization.allowed_email_domains: ["acme.test"]}).where(
+        Organization.id == org["id"]
+    )
+    return True

@@ -1,0 +1,59 @@
+"""Sliding-window rate limits kept in the database, so they hold across processes on both engines."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from portal.core import clock
+from portal.core.tables import RateEvent
+
+#: (limit, window seconds) for the hosted login (DESIGN §4, §8).
+LOGIN_CODE_PER_EMAIL = (5, 15 * 60)
+LOGIN_CODE_PER_IP = (20, 15 * 60)
+LOGIN_VERIFY_PER_IP = (30, 15 * 60)
+
+
+@dataclass(frozen=True, slots=True)
+class RateResult:
+    """Whether the request may go ahead; if not, how many seconds until it may (at least 1)."""
+
+    allowed: bool
+    retry_after_seconds: int = 0
+
+
+async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
+    """Count one request for ``key``; refuse it if ``limit`` requests were already counted in the window.
+
+    The event is written before counting, so concurrent requests can only over-refuse, never over-allow;
+    a refused request is not counted, so hammering does not extend the wait.
+    """
+    now = clock.utcnow()
+    window = timedelta(seconds=window_seconds)
+    key = key[:400]
+    await RateEvent.delete().where((RateEvent.key == key) & (RateEvent.at <= now - window))
+    mine = await RateEvent.insert(RateEvent(key=key, at=now)).returning(RateEvent.id)
+    rows = (
+        await RateEvent.select(RateEvent.id, RateEvent.at)
+        .where((RateEvent.key == key) & (RateEvent.at > now - window))
+        .order_by(RateEvent.at)
+        .order_by(RateEvent.id)
+    )
+    if len(rows) <= limit:
+        return RateResult(True)
+    my_id = mine[0]["id"]
+    await RateEvent.delete().where(RateEvent.id == my_id)
+    others = [row for row in rows if row["id"] != my_id]
+    # The request fits once enough of the oldest counted events have left the window.
+    freeing = others[len(others) - limit]
+    wait = (freeing["at"] + window - now).total_seconds()
+    return RateResult(False, max(1, math.ceil(wait)))
+
+
+def describe_wait(seconds: int) -> str:
+    """``"12 minutes"``, ``"1 minute"``, ``"40 seconds"``: how long the 429 page says to wait."""
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"

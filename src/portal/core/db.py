@@ -1,0 +1,124 @@
+"""Database engines: SQLite (embedded default) or PostgreSQL, chosen by ``database_url``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+from piccolo.table import Table
+
+from portal.core.tables import TABLES, Organization
+
+_engine: Engine[Any] | None = None
+log = logging.getLogger("portal.db")
+
+
+def make_engine(database_url: str) -> Engine[Any]:
+    """An engine for ``sqlite:///path`` or ``postgresql://...``; creates the SQLite file's folder."""
+    scheme = urlsplit(database_url).scheme
+    if scheme == "sqlite":
+        path = Path(database_url.removeprefix("sqlite:").removeprefix("///").removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SQLite opens a connection per query; the timeout lets concurrent writers wait instead of failing.
+        return SQLiteEngine(path=str(path), timeout=30)
+    return PostgresEngine(config={"dsn": database_url})
+
+
+def bind(engine: Engine[Any]) -> Engine[Any]:
+    """Point every portal table, and piccolo's migration runner, at ``engine``."""
+    global _engine
+    _engine = engine
+    tables: tuple[type[Table], ...] = (*TABLES, Migration)
+    for table in tables:
+        table._meta.db = engine
+    # piccolo's migration runner finds its engine through a conf module; ours reads `_engine`.
+    os.environ.setdefault("PICCOLO_CONF", "portal.core.piccolo_conf")
+    return engine
+
+
+def current_engine() -> Engine[Any]:
+    """The engine installed by :func:`bind`."""
+    if _engine is None:
+        raise RuntimeError("no database engine is bound; call portal.db.bind() first")
+    return _engine
+
+
+async def start(engine: Engine[Any]) -> bool:
+    """Open the connection pool (PostgreSQL) unless one is open; True if this call opened it."""
+    if isinstance(engine, PostgresEngine) and engine.pool is None:
+        await engine.start_connection_pool(min_size=1, max_size=10, reset=_no_session_reset)
+        return True
+    return False
+
+
+async def _no_session_reset(connection: Any) -> None:
+    """Release pooled connections without asyncpg's reset query (``RESET ALL; UNLISTEN *; CLOSE ALL;``
+    advisory unlock): the portal keeps no session state, and that query is a second round trip for every
+    query made outside a transaction. asyncpg still rolls back a transaction left open."""
+
+
+#: How long a shutdown waits for pooled connections still in use.
+CLOSE_TIMEOUT = 10.0
+
+
+async def stop(engine: Engine[Any]) -> None:
+    """Close the connection pool (PostgreSQL): wait up to :data:`CLOSE_TIMEOUT` for connections in use to come
+    back, then close the rest by force (a connection that never comes back must not stop a shutdown)."""
+    if isinstance(engine, PostgresEngine) and engine.pool is not None:
+        pool, engine.pool = engine.pool, None
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await pool.close()
+        except TimeoutError:
+            log.warning(
+                "database connections still in use after %s s at shutdown: closing them", CLOSE_TIMEOUT
+            )
+            pool.terminate()
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column's value read by a raw query (SQLite and asyncpg hand it over as text)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def ping(engine: Engine[Any]) -> None:
+    """Raise if the database does not answer."""
+    await engine.run_ddl("SELECT 1")
+
+
+# --- shared by the settings and members widgets ------------------------------------------------------------
+
+
+def write_transaction(engine: Engine[Any] | None = None) -> Any:
+    """A transaction for a read-then-write. On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so
+    writers are serialized and a check made inside it still holds at commit; on PostgreSQL lock what the
+    check depends on (see :func:`lock_organization`)."""
+    engine = engine or current_engine()
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()
+
+
+async def lock_organization(organization_id: str) -> None:
+    """Inside a write transaction: serialize writers that check organization-wide rules (the last member who
+    can change roles). PostgreSQL row lock; SQLite's BEGIN IMMEDIATE already serializes all writers."""
+    engine = current_engine()
+    if isinstance(engine, PostgresEngine):
+        await Organization.raw("SELECT id FROM organization WHERE id = {} FOR UPDATE", organization_id)
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """True for a unique-index violation on SQLite or PostgreSQL (recognised without importing asyncpg)."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "UNIQUE" in str(exc).upper()
+    return getattr(exc, "sqlstate", None) == "23505"

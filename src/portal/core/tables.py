@@ -1,0 +1,252 @@
+"""The portal's tables (DESIGN §3). Grow them with migrations: add and drop only, SQLite cannot ALTER."""
+
+from __future__ import annotations
+
+from piccolo.columns import JSON, BigInt, BigSerial, Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
+from piccolo.columns.base import OnDelete
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+from portal.core import ids
+
+
+class Organization(Table, tablename="organization"):
+    """A customer organization of the app."""
+
+    #: ``org_…``
+    id = Varchar(length=40, primary_key=True, default=ids.organization_id)
+    #: Short name, unique, used by the CLI and the app (``acme``).
+    name = Varchar(length=100, unique=True)
+    #: Name shown to people (``Acme Corporation``).
+    display_name = Varchar(length=200)
+    #: The app's own id for this organization, if it has one.
+    external_id = Varchar(length=200, null=True, default=None, unique=True)
+    #: Lowercase domains whose users may join (JSON list of str).
+    allowed_email_domains = JSON(default=[])
+    #: Enabled feature keys (JSON list of ``policy.Feature`` values).
+    features = JSON(default=[])
+    #: ``application`` (inherit the app defaults) or ``custom``.
+    session_policy_source = Varchar(length=20, default="application")
+    #: Custom absolute session timeout in seconds (only with source ``custom``).
+    session_absolute_timeout = Integer(null=True, default=None)
+    #: Custom idle session timeout in seconds (only with source ``custom``).
+    session_idle_timeout = Integer(null=True, default=None)
+    #: Free-form JSON object for the app.
+    metadata = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class User(Table, tablename="portal_user"):
+    """A person; ``user`` is reserved in PostgreSQL, hence the table name."""
+
+    #: ``usr_…``
+    id = Varchar(length=40, primary_key=True, default=ids.user_id)
+    #: Normalized (trimmed, lowercase) and unique.
+    email = Varchar(length=320, unique=True)
+    email_verified = Boolean(default=False)
+    given_name = Varchar(length=100, default="")
+    family_name = Varchar(length=100, default="")
+    display_name = Varchar(length=200, default="")
+    #: BCP 47 tag such as ``en`` or ``de-CH``.
+    locale = Varchar(length=35, default="en")
+    #: The organization chosen at the last sign-in.
+    last_organization = ForeignKey(
+        references=Organization, null=True, default=None, on_delete=OnDelete.set_null
+    )
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class Membership(Table, tablename="membership"):
+    """A user's place in an organization, with roles from ``policies/``. Unique per (organization, user)."""
+
+    #: ``mem_…``
+    id = Varchar(length=40, primary_key=True, default=ids.membership_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False)
+    user = ForeignKey(references=User, on_delete=OnDelete.cascade, null=False)
+    #: Role keys (JSON list of str). A key the policy does not define grants nothing.
+    roles = JSON(default=[])
+    #: ``active`` or ``invited``.
+    status = Varchar(length=20, default="active")
+    #: How the member arrived: ``portal``, ``api``, ``scim`` or ``jit``.
+    source = Varchar(length=20, default="portal")
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    # --- members widget (portal_0004): copies of the user's names and email, so that search and keyset
+    # pagination over one organization's members use one index. Kept in sync by accounts.sync_member_keys.
+    #: The user's email address.
+    email = Varchar(length=320, default="")
+    #: The user's display name (else email), folded by ``accounts.fold``: the list's order and name search.
+    sort_key = Varchar(length=320, default="")
+    #: The user's family name, folded the same way (search by family name).
+    family_key = Varchar(length=100, default="")
+    # --- end members widget
+
+
+class Invitation(Table, tablename="invitation"):
+    """An emailed invitation to join an organization; the token exists in clear only in the email."""
+
+    #: ``inv_…``
+    id = Varchar(length=40, primary_key=True, default=ids.invitation_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False)
+    email = Varchar(length=320)
+    roles = JSON(default=[])
+    #: SHA-256 of the link's token.
+    token_hash = Varchar(length=64, unique=True)
+    invited_by = ForeignKey(references=User, null=True, default=None, on_delete=OnDelete.set_null)
+    expires_at = Timestamptz()
+    accepted_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    # --- members widget (portal_0004)
+    #: The invite form's one-time id: the same form submitted twice finds its invitations, sends nothing.
+    submission_id = Varchar(length=64, null=True, default=None)
+    # --- end members widget
+
+
+class Domain(Table, tablename="domain"):
+    """A domain an organization claims, verified by a DNS TXT record. Unique per (organization, domain)."""
+
+    #: ``dom_…``
+    id = Varchar(length=40, primary_key=True, default=ids.domain_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False)
+    #: Normalized: lowercase, IDNA, no trailing dot.
+    domain = Varchar(length=253)
+    #: ``pending``, ``verified`` or ``failed``.
+    status = Varchar(length=20, default="pending")
+    #: The value published as ``portal-verification=<token>``.
+    verification_token = Varchar(length=64)
+    #: Equals ``domain`` while verified, else NULL: the unique index makes one owner per domain race-safe.
+    verified_domain = Varchar(length=253, null=True, default=None, unique=True)
+    failure_reason = Text(null=True, default=None)
+    last_checked_at = Timestamptz(null=True, default=None)
+    verified_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    # --- domains widget (portal_0005_domains): the verification window and "Verify now".
+    #: Start of the current verification window (added, or "Try again" after a failure); the domain fails
+    #: when it is still pending ``PORTAL_DOMAIN_VERIFICATION_WINDOW`` later. ``failure_reason`` holds why a
+    #: pending domain is not verified yet (the last check's finding) or why a failed one failed.
+    pending_since = Timestamptz(null=True, default=None)
+    #: When someone last asked for a check ("Verify now"); queued while later than ``last_checked_at``.
+    check_requested_at = Timestamptz(null=True, default=None)
+    # --- end domains widget
+
+
+class Session(Table, tablename="portal_session"):
+    """A signed-in browser. The cookie holds a random token; only its hash is stored."""
+
+    #: ``ses_…``
+    id = Varchar(length=40, primary_key=True, default=ids.session_id)
+    #: SHA-256 of the cookie token.
+    token_hash = Varchar(length=64, unique=True)
+    user = ForeignKey(references=User, on_delete=OnDelete.cascade, null=False)
+    active_organization = ForeignKey(
+        references=Organization, null=True, default=None, on_delete=OnDelete.set_null
+    )
+    #: ``email_code``, ``passkey``, ``invitation``, ``sso``…
+    auth_method = Varchar(length=30)
+    ip = Varchar(length=45, default="")
+    user_agent = Varchar(length=500, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: Last time the user proved who they are (for step-up).
+    authenticated_at = Timestamptz(default=TimestamptzNow())
+    #: Written at most once a minute.
+    last_seen_at = Timestamptz(default=TimestamptzNow())
+    revoked_at = Timestamptz(null=True, default=None)
+    #: ``logout``, ``idle``, ``absolute``, ``user``, ``removed``…
+    revoke_reason = Varchar(length=30, null=True, default=None)
+
+
+class AuditEvent(Table, tablename="audit_event"):
+    """Who did what, where. Ids are kept as plain text so events outlive what they name."""
+
+    #: ``aud_…``
+    id = Varchar(length=40, primary_key=True, default=ids.audit_event_id)
+    organization_id = Varchar(length=40, null=True, default=None, index=True)
+    actor_id = Varchar(length=40, null=True, default=None)
+    #: Dotted verb such as ``member.invited`` or ``login.failed``.
+    action = Varchar(length=60)
+    target = Varchar(length=320, default="")
+    details = JSON(default={})
+    ip = Varchar(length=45, default="")
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class LoginChallenge(Table, tablename="login_challenge"):
+    """A one-time code sent by email (sign-in or email change); only the code's hash is stored."""
+
+    #: ``chl_…``
+    id = Varchar(length=40, primary_key=True, default=ids.challenge_id)
+    #: The normalized address the code was (or, for unknown addresses, was not) sent to.
+    email = Varchar(length=320)
+    #: ``login``, ``email_change``, ``step_up``; WebAuthn challenges: ``webauthn_login``, ``webauthn_register``,
+    #: ``webauthn_step_up`` (``code_hash`` then holds the SHA-256 of the challenge bytes).
+    purpose = Varchar(length=20)
+    #: The user it is for, when known (always set for ``email_change``).
+    user = ForeignKey(references=User, null=True, default=None, on_delete=OnDelete.cascade)
+    #: SHA-256 of ``<challenge id>:<code>``.
+    code_hash = Varchar(length=64)
+    #: Verification attempts so far (wrong ones lock the challenge at the maximum).
+    attempts = Integer(default=0)
+    #: Indexed for the sweep that deletes old challenges.
+    expires_at = Timestamptz(index=True)
+    #: Set once, atomically, by the one verification that succeeds.
+    consumed_at = Timestamptz(null=True, default=None)
+    ip = Varchar(length=45, default="")
+    #: Purpose-specific data (e.g. the new address of an email change).
+    details = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class RateEvent(Table, tablename="rate_event"):
+    """One counted request for a rate-limit key (sliding window); a key's old rows are pruned as it is hit."""
+
+    id = BigSerial(primary_key=True)
+    #: ``login.code.email:<email>``, ``login.code.ip:<ip>``…
+    key = Varchar(length=400, index=True)
+    at = Timestamptz()
+
+
+# --- security widget (portal_0007): passkeys ----------------------------------------------------------------
+class Passkey(Table, tablename="passkey"):
+    """A WebAuthn credential (discoverable) a user registered in the Security widget."""
+
+    #: ``pk_…``
+    id = Varchar(length=40, primary_key=True, default=ids.passkey_id)
+    user = ForeignKey(references=User, on_delete=OnDelete.cascade, null=False, index=True)
+    #: The credential id, base64url without padding (at most 1023 bytes, so at most 1364 characters).
+    credential_id = Varchar(length=1400, unique=True)
+    #: The COSE public key, base64url without padding.
+    public_key = Text()
+    #: The authenticator's signature counter (an unsigned 32-bit number; 0 for most synced passkeys).
+    sign_count = BigInt(default=0)
+    #: How the browser can reach the authenticator: ``internal``, ``hybrid``, ``usb``… (JSON list of str).
+    transports = JSON(default=[])
+    #: BE flag: the passkey may be synced between devices (a "multi-device" credential).
+    backup_eligible = Boolean(default=False)
+    #: BS flag at the last ceremony: the passkey is backed up (synced) now.
+    backed_up = Boolean(default=False)
+    #: The authenticator model (names the password manager), ``00000000-…`` when it declines to say.
+    aaguid = Varchar(length=36, default="")
+    #: Chosen by the user (defaults to the password manager or browser and system).
+    name = Varchar(length=64)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+
+
+# --- end security widget
+
+
+TABLES: tuple[type[Table], ...] = (
+    Organization,
+    User,
+    Membership,
+    Invitation,
+    Domain,
+    Session,
+    AuditEvent,
+    LoginChallenge,
+    RateEvent,
+    Passkey,  # security widget (portal_0007)
+)

@@ -1,0 +1,174 @@
+"""Who is asking: the session middleware, the per-request facts, and the one guard (DESIGN §2 steps 1-4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from policy import Decision, Feature, Permission, PolicyEngine
+from portal.auth import sessions
+from portal.core import db
+from portal.core.settings import Settings
+from portal.core.tables import Membership
+
+#: Paths that never need a session; skipping them saves the session query.
+UNAUTHENTICATED_PREFIXES = ("/static/", "/healthz", "/readyz")
+
+
+@dataclass(slots=True)
+class Auth:
+    """The facts loaded once per request: user, session, active organization, roles there, its features."""
+
+    session: dict[str, Any]
+    user: dict[str, Any]
+    organization: dict[str, Any] | None
+    #: None when the user is not an active member of the active organization.
+    roles: tuple[str, ...] | None
+    features: frozenset[str]
+    #: Every organization the user is an active member of: id, name, display_name (for the switcher).
+    organizations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def organization_id(self) -> str | None:
+        """The active organization's id, if there is one."""
+        return str(self.organization["id"]) if self.organization else None
+
+    def decide(
+        self, policy: PolicyEngine, permission: Permission, requires: Feature | None = None
+    ) -> Decision:
+        """The policy decision for this user in the active organization."""
+        return policy.decide(self.roles, self.features, permission, requires=requires)
+
+
+#: The user's active memberships with their organizations' names, for the guard and the switcher.
+_MEMBERSHIPS = (
+    "SELECT o.id, o.name, o.display_name, m.roles FROM membership m"
+    " JOIN organization o ON o.id = m.organization"
+    " WHERE m.\"user\" = {} AND m.status = 'active' ORDER BY o.display_name, o.id"
+)
+
+
+async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None, str | None]:
+    """Resolve the cookie to (Auth, None), or (None, expiry reason or None)."""
+    resolved = await sessions.resolve(settings, token)
+    if resolved.session is None or resolved.user is None:
+        return None, resolved.expired
+    rows = await Membership.raw(_MEMBERSHIPS, resolved.user["id"])
+    organization = resolved.organization
+    roles: tuple[str, ...] | None = None
+    features: frozenset[str] = frozenset()
+    if organization is not None:
+        mine = next((row for row in rows if row["id"] == organization["id"]), None)
+        if mine is not None:
+            roles = tuple(db.json_value(mine["roles"]) or ())
+            features = frozenset(organization["features"] or ())
+    organizations = [{k: row[k] for k in ("id", "name", "display_name")} for row in rows]
+    return Auth(resolved.session, resolved.user, organization, roles, features, organizations), None
+
+
+class SessionMiddleware:
+    """Resolve the session cookie before guards run, so the guard can read ``scope["state"]["auth"]``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(UNAUTHENTICATED_PREFIXES):
+            settings: Settings = scope["litestar_app"].state.settings
+            token = _cookie(scope, sessions.cookie_name(settings))
+            auth, expired = await load_auth(settings, token)
+            state = scope.setdefault("state", {})
+            state["auth"] = auth
+            state["session_expired"] = expired
+        await self.app(scope, receive, send)
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                cname, _, cvalue = part.strip().partition("=")
+                if cname == name:
+                    return cvalue
+    return None
+
+
+def auth_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Auth | None:
+    """The request's Auth, set by :class:`SessionMiddleware` (None when signed out)."""
+    auth: Auth | None = connection.scope.get("state", {}).get("auth")
+    return auth
+
+
+def require_auth(connection: ASGIConnection[Any, Any, Any, Any]) -> Auth:
+    """The request's Auth; the guard has already refused anonymous requests to non-public routes."""
+    auth = auth_of(connection)
+    if auth is None:
+        raise SignInRequired()
+    return auth
+
+
+class SignInRequired(NotAuthorizedException):
+    """No live session: browsers go to the login page, API clients get 401."""
+
+    detail = "Sign in to continue."
+
+
+class Denied(PermissionDeniedException):
+    """The policy said no; the decision says why."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__(detail=describe_denial(decision))
+
+
+_FEATURE_TITLES = {
+    "sso": "Single sign-on",
+    "scim": "SCIM provisioning",
+    "domain_verification": "Domain verification",
+    "session_policy": "Session policy",
+}
+
+
+def describe_denial(decision: Decision) -> str:
+    """A sentence for the 403 page that names what is missing."""
+    reason = decision.reason.value if decision.reason else ""
+    if reason == "not_member":
+        return "You are not a member of this organization. Choose one of your organizations."
+    if reason == "feature_disabled":
+        title = _FEATURE_TITLES.get(decision.missing or "", decision.missing or "this feature")
+        return f"{title} is not enabled for this organization (feature {decision.missing})."
+    return f"Your role does not include the permission {decision.missing}. Ask an administrator for access."
+
+
+def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The one guard (STYLE.md): routes declare ``public``, ``authenticated`` or a ``permission``; else fail closed."""
+    opt = handler.opt
+    if opt.get("public"):
+        return
+    auth = auth_of(connection)
+    if auth is None:
+        raise SignInRequired()
+    if opt.get("authenticated"):
+        return
+    permission = opt.get("permission")
+    if not isinstance(permission, Permission):
+        # Fail closed: a route that forgot to declare what it needs is nobody's.
+        raise PermissionDeniedException(detail="This page declares no permission and is closed.")
+    policy: PolicyEngine = connection.app.state.policy
+    feature = opt.get("feature")
+    decision = auth.decide(policy, permission, feature if isinstance(feature, Feature) else None)
+    if not decision:
+        raise Denied(decision)
+
+
+def login_url(path: str, query: str = "") -> str:
+    """The login page that returns to ``path`` (with its query) afterwards."""
+    target = path + (f"?{query}" if query else "")
+    return f"/login?return_to={quote(target, safe='/')}"
