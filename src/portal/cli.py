@@ -244,5 +244,27 @@ def member_add(org_ref: str, email: str, roles: tuple[str, ...]) -> None:
     click.echo(f"{created['id']} roles={','.join(created['roles'])}")
 
 
+@main.group()
+def secrets() -> None:
+    """Sealed secrets (signing keys, webhook secrets, IdP client secrets)."""
+
+
+@secrets.command("rotate")
+def secrets_rotate() -> None:
+    """Re-seal every stored secret with the current PORTAL_SECRET_KEY.
+
+    Introduce a new key by setting PORTAL_SECRET_KEY to it and PORTAL_PREVIOUS_SECRET_KEYS to the old one,
+    run this, then drop the old key.
+    """
+    from portal.core import crypto
+
+    settings = ensure_secret_key(_settings())
+    counts = _with_db(settings, lambda: crypto.reseal_all(settings))
+    total = sum(counts.values())
+    for name, count in counts.items():
+        click.echo(f"{name}: {count} re-sealed")
+    click.echo(f"{total} secret(s) re-sealed with key {crypto.key_id(settings.secret_key)}")
+
+
 if __name__ == "__main__":
     main()

@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     redis_url: str | None = None
     #: Signs CSRF tokens. Unset: a random key is generated once and kept in ``<data_dir>/secret_key``.
     secret_key: Annotated[str, msgspec.Meta(min_length=32)] = ""
+    #: Earlier secret keys (comma-separated): sealed secrets made with them still open, and
+    #: ``portal secrets rotate`` re-seals them with the current key.
+    previous_secret_keys: list[str] = msgspec.field(default_factory=list)
     #: The URL users reach the portal at; https turns on Secure cookies and HSTS.
     public_url: str = "http://localhost:8000"
     host: str = "127.0.0.1"
@@ -133,7 +136,7 @@ def _parse(field: str, annotation: Any, raw: str) -> Any:
                 field, f"{raw!r} is not a duration (use seconds, or a number with s, m, h or d)"
             )
         return int(match.group(1)) * _UNITS[match.group(2).lower()]
-    if field == "dns_nameservers":
+    if field in _LISTS:
         return [part.strip() for part in raw.split(",") if part.strip()]
     if raw == "" and field in _OPTIONAL:
         return None
@@ -141,6 +144,8 @@ def _parse(field: str, annotation: Any, raw: str) -> Any:
 
 
 _OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url"}
+#: Comma-separated list settings.
+_LISTS = {"dns_nameservers", "previous_secret_keys"}
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:

@@ -250,3 +250,8 @@ TABLES: tuple[type[Table], ...] = (
     RateEvent,
     Passkey,  # security widget (portal_0007)
 )
+
+#: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what
+#: ``portal secrets rotate`` re-seals under a new ``PORTAL_SECRET_KEY``. A table with a sealed column adds
+#: itself here.
+SEALED_COLUMNS: list[tuple[type[Table], str, str]] = []
