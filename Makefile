@@ -24,11 +24,10 @@ run: install
 	$(VENV)/bin/portal demo
 	$(VENV)/bin/portal serve
 
-# The whole suite on SQLite, then every database test again on PostgreSQL (Redis-backed tests use both).
+# The whole suite on SQLite and, at the same time, every database test again on PostgreSQL (Redis-backed
+# tests run in both, on two Redis databases); see scripts/run-tests.sh.
 test: install
-	@eval "$$(scripts/test-services.sh)" && \
-	PORTAL_TEST_ENGINE=sqlite $(PYTEST) && \
-	PORTAL_TEST_ENGINE=postgres $(PYTEST) -m db
+	@eval "$$(scripts/test-services.sh)" && PY=$(PY) scripts/run-tests.sh
 
 test-sqlite: install
 	@eval "$$(scripts/test-services.sh)" && PORTAL_TEST_ENGINE=sqlite $(PYTEST)
