@@ -161,9 +161,7 @@ async def revoke(session_id: str, reason: str) -> None:
     await ended([(row["id"], row["user"]) for row in revoked], reason)
 
 
-async def ended(
-    sessions: list[tuple[str, str]], reason: str, *, organization_id: str | None = None
-) -> None:
+async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id: str | None = None) -> None:
     """THE one place a session's end is announced: every code path that ends sessions (sign-out, expiry on a
     request or by the sweep, session policy, Security's revoke, ``/oauth/logout``) calls it with the
     (session id, user id) pairs it ended, inside its own transaction. ``organization_id`` says only that

@@ -239,6 +239,7 @@ class Passkey(Table, tablename="passkey"):
 
 # --- end security widget
 
+
 # --- issue 10: oidc ---------------------------------------------------------------------------------------
 def oidc_client_id() -> str:
     return f"client_{secrets.token_urlsafe(12)}"
