@@ -186,7 +186,9 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
     if auth is None or stale or prompts & {"login", "select_account"}:
         if "none" in prompts:
             return fail("login_required", "the user is not signed in to the portal")
-        return _login_redirect(request, force=auth is not None, organization=org_ref)
+        # The hosted login takes an organization id or name; the app may name it by its external id.
+        wanted = await tokens.organization_ref(org_ref) if org_ref else None
+        return _login_redirect(request, force=auth is not None, organization=wanted["id"] if wanted else None)
 
     organization_id = auth.organization_id
     if org_ref:
