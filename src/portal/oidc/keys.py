@@ -82,6 +82,9 @@ async def signing_key(settings: Settings, alg: str) -> Key:
 async def public_jwks(settings: Settings) -> dict[str, Any]:
     """The JWKS document: signers and retired keys whose tokens may still be unexpired."""
     cutoff = published_after(settings, clock.utcnow())
+    signers = await OidcKey.select(OidcKey.alg).where(OidcKey.retired_at.is_null())
+    for alg in set(ALGS) - {row["alg"] for row in signers}:
+        await add_key(settings, alg)  # a fresh install publishes its keys before the first token
     rows = (
         await OidcKey.select(OidcKey.public_jwk)
         .where(OidcKey.retired_at.is_null() | (OidcKey.retired_at > cutoff))

@@ -95,7 +95,9 @@ class UserAgent:
             response = self.http.get(location)
         raise AssertionError("too many redirects")
 
-    def sign_in(self, login_page: httpx.Response, email: str, mail: Mailbox, *, stop_at: str) -> httpx.Response:
+    def sign_in(
+        self, login_page: httpx.Response, email: str, mail: Mailbox, *, stop_at: str
+    ) -> httpx.Response:
         """On the hosted login page: enter the email, read the code from the mailbox, enter it."""
         assert login_page.status_code == 200, login_page.text[:500]
         action = str(login_page.url)
