@@ -81,8 +81,13 @@ async def plan_deliveries() -> int:
             )
         }
         for client_id in sorted(notify - existing):
+            now = clock.utcnow()
             await OidcLogoutDelivery(
-                client=client_id, session_id=end["session_id"], user_id=end["user_id"]
+                client=client_id,
+                session_id=end["session_id"],
+                user_id=end["user_id"],
+                next_attempt_at=now,
+                created_at=now,
             ).save()
             planned += 1
         await SessionEnd.update({SessionEnd.oidc_processed_at: clock.utcnow()}).where(
