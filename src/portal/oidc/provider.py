@@ -304,7 +304,7 @@ async def revoke(request: Request[Any, Any, Any]) -> Response[Any]:
 # --- userinfo ------------------------------------------------------------------------------------------------
 
 
-@route("/oauth/userinfo", http_method=["GET", "POST"], opt=API)
+@route("/oauth/userinfo", http_method=["GET", "POST"], opt=API, status_code=200)
 async def userinfo(request: Request[Any, Any, Any]) -> Response[Any]:
     """The signed-in user's claims for a valid access token (fresh roles and permissions)."""
     header = request.headers.get("authorization", "")

@@ -108,7 +108,7 @@ async def test_authlib_code_flow_refresh_reuse_logout(
     assert secret is not None and secret.startswith("portal_client_secret_")
 
     # Discovery as the RP reads it.
-    meta = httpx.get(f"{portal}/.well-known/openid-configuration").json()
+    meta = httpx.get(f"{portal}/.well-known/openid-configuration").json()  # noqa: ASYNC210 (the server is another process)
     assert meta["issuer"] == portal
     assert meta["token_endpoint"] == f"{portal}/oauth/token"
     assert meta["code_challenge_methods_supported"] == ["S256"]
@@ -143,7 +143,9 @@ async def test_authlib_code_flow_refresh_reuse_logout(
 
     # 2. userinfo with the access token (Authlib adds the bearer header).
     rp.token = token
-    info = rp.get(f"{portal}/oauth/userinfo").json()
+    answer = rp.get(f"{portal}/oauth/userinfo")
+    assert answer.status_code == 200
+    info = answer.json()
     assert info["sub"] == alice["id"] and info["email"] == "alice@acme.test"
     assert info["org_id"] == acme["id"] and "sk_org_users_invite" in info["permissions"]
 
