@@ -91,17 +91,31 @@ def _error_page(request: Request[Any, Any, Any], detail: str) -> Response[Any]:
     return error_response(request, 400, detail)
 
 
-def _to_client(redirect_uri: str, params: dict[str, str | None]) -> Response[Any]:
+def _to_client(
+    request: Request[Any, Any, Any], redirect_uri: str, params: dict[str, str | None]
+) -> Response[Any]:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     separator = "&" if urlsplit(redirect_uri).query else "?"
-    return Redirect(f"{redirect_uri}{separator}{query}", status_code=302)
+    location = f"{redirect_uri}{separator}{query}"
+    if request.headers.get("sec-fetch-site") == "same-origin":
+        # Reached by redirects from the hosted login's form: browsers hold the whole redirect chain to the
+        # form's CSP (form-action 'self') and would refuse the app's origin. A page that moves on by itself
+        # (meta refresh, no script) starts a fresh navigation.
+        return render(request, "oidc/continue.html", location=location)
+    return Redirect(location, status_code=302)
 
 
 def _client_error(
-    settings: Settings, redirect_uri: str, state: str | None, error: str, description: str
+    request: Request[Any, Any, Any],
+    settings: Settings,
+    redirect_uri: str,
+    state: str | None,
+    error: str,
+    description: str,
 ) -> Response[Any]:
     """RFC 6749 §4.1.2.1: the error goes back to the (registered) redirect URI."""
     return _to_client(
+        request,
         redirect_uri,
         {"error": error, "error_description": description, "state": state, "iss": tokens.issuer(settings)},
     )
@@ -140,7 +154,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
     state = q.get("state")
 
     def fail(error: str, description: str) -> Response[Any]:
-        return _client_error(settings, redirect_uri, state, error, description)
+        return _client_error(request, settings, redirect_uri, state, error, description)
 
     if q.get("response_type") != "code":
         return fail("unsupported_response_type", "only response_type=code is supported")
@@ -210,7 +224,7 @@ async def authorize(request: Request[Any, Any, Any]) -> Response[Any]:
         redirect_uri=redirect_uri,
         code_challenge=challenge,
     )
-    return _to_client(redirect_uri, {"code": code, "state": state, "iss": tokens.issuer(settings)})
+    return _to_client(request, redirect_uri, {"code": code, "state": state, "iss": tokens.issuer(settings)})
 
 
 # --- token, revoke: client authentication -------------------------------------------------------------------
@@ -383,7 +397,12 @@ async def _sign_out(request: Request[Any, Any, Any], target: str | None) -> Resp
             details={"via": "oidc"},
             ip=client_ip(request),
         )
-    response: Response[Any] = Redirect(target or "/login?signed_out=1", status_code=303)
+    response: Response[Any]
+    if target and request.method == "POST":
+        # After the confirmation form: the same form-action rule as in _to_client.
+        response = render(request, "oidc/continue.html", location=target)
+    else:
+        response = Redirect(target or "/login?signed_out=1", status_code=303)
     response.set_cookie(sessions.session_cookie(settings, "", max_age=0))
     return response
 
