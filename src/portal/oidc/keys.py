@@ -4,6 +4,7 @@ stay in the JWKS until every token they signed has expired. Private JWKs are sea
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,7 +94,19 @@ async def public_jwks(settings: Settings) -> dict[str, Any]:
     return {"keys": [json.loads(row["public_jwk"]) for row in rows]}
 
 
-async def verification_keys(settings: Settings) -> KeySet:
-    """The published keys as a joserfc KeySet (to verify our own tokens: id_token_hint, access tokens)."""
+#: The published keys as parsed for verification, and when they were read (monotonic seconds).
+_VERIFY: dict[str, tuple[float, KeySet, frozenset[str]]] = {}
+VERIFY_CACHE_SECONDS = 10.0
+
+
+async def verification_keys(settings: Settings, kid: str | None = None) -> KeySet:
+    """The published keys as a joserfc KeySet (to verify our own tokens: id_token_hint, access tokens).
+    Read at most every few seconds; a ``kid`` not among them (a key just added) reads them again."""
+    cached = _VERIFY.get(settings.database_url)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < VERIFY_CACHE_SECONDS and (kid is None or kid in cached[2]):
+        return cached[1]
     document = await public_jwks(settings)
-    return KeySet.import_key_set(document)  # type: ignore[arg-type]
+    key_set = KeySet.import_key_set(document)  # type: ignore[arg-type]
+    _VERIFY[settings.database_url] = (now, key_set, frozenset(k["kid"] for k in document["keys"]))
+    return key_set

@@ -366,7 +366,7 @@ async def _logout_target(
     hint = params.get("id_token_hint")
     claims = None
     if hint:
-        claims = tokens.decode_own(hint, await keys.verification_keys(settings))
+        claims = tokens.decode_own(hint, await tokens.own_keys(settings, hint))
         if claims is None or claims.get("iss") != tokens.issuer(settings):
             return None, None, "The id_token_hint is not a token this portal issued."
     client_id = params.get("client_id") or (str(claims["aud"]) if claims and claims.get("aud") else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -308,7 +309,8 @@ async def refresh(settings: Settings, policy: PolicyEngine, client: Client, *, t
 async def verify_access_token(settings: Settings, token: str) -> dict[str, Any] | None:
     """The claims of a valid, unexpired access token whose grant and session are live; else None."""
     try:
-        decoded = jwt.decode(token, await keys.verification_keys(settings), algorithms=list(keys.ALGS))
+        key_set = await keys.verification_keys(settings, _kid(token))
+        decoded = jwt.decode(token, key_set, algorithms=list(keys.ALGS))
     except (JoseError, ValueError):
         return None
     if decoded.header.get("typ") != "at+jwt":
@@ -336,6 +338,21 @@ async def verify_access_token(settings: Settings, token: str) -> dict[str, Any] 
     return claims
 
 
+def _kid(token: str) -> str | None:
+    """The ``kid`` of a compact JWS header, unverified (only to pick the key set)."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(token.split(".", 1)[0] + "=="))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
+async def own_keys(settings: Settings, token: str) -> Any:
+    """The key set to verify ``token`` (one of ours) with."""
+    return await keys.verification_keys(settings, _kid(token))
+
+
 def decode_own(token: str, key_set: Any) -> dict[str, Any] | None:
     """The claims of a token we signed (signature only: an expired ID token is still a fine hint)."""
     try:
@@ -357,7 +374,7 @@ async def revoke_token(settings: Settings, client: Client, token: str) -> None:
         if row["client"] == client.id:
             await revoke_grant(row["grant"])
         return
-    claims = decode_own(token, await keys.verification_keys(settings))
+    claims = decode_own(token, await own_keys(settings, token))
     if claims is not None and claims.get("client_id") == client.id and claims.get("jti"):
         await revoke_grant(str(claims["jti"]).split(".", 1)[0])
 

@@ -22,7 +22,7 @@ from portal.core import clock, crypto
 from portal.core.ids import same_secret
 from portal.core.settings import Settings
 from portal.core.tables import OidcClient, OidcKey
-from portal.oidc import keys
+from portal.oidc import keys, tokens
 from tests.conftest import POLICY_DIR, ROOT
 from tests.factories import make_member, make_org, make_user, sign_in
 from tests.portal.oidc.test_hostile import CALLBACK, basic, get_code
@@ -107,7 +107,9 @@ async def test_keys_rotate_keeps_old_keys_published_until_their_tokens_expire(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     issued, _ = await _tokens(client)
-    old_kid = jwt.decode(issued["id_token"], await keys.verification_keys(settings)).header["kid"]
+    old_kid = jwt.decode(issued["id_token"], await tokens.own_keys(settings, issued["id_token"])).header[
+        "kid"
+    ]
     new_kids = await keys.rotate(settings)
     published = {k["kid"] for k in (await client.get("/oauth/jwks")).json()["keys"]}
     assert old_kid in published and set(new_kids) <= published
@@ -115,7 +117,10 @@ async def test_keys_rotate_keeps_old_keys_published_until_their_tokens_expire(
     bearer = {"authorization": f"Bearer {issued['access_token']}"}
     assert (await client.get("/oauth/userinfo", headers=bearer)).status_code == 200
     fresh, _ = await _tokens(client)
-    assert jwt.decode(fresh["id_token"], await keys.verification_keys(settings)).header["kid"] in new_kids
+    assert (
+        jwt.decode(fresh["id_token"], await tokens.own_keys(settings, fresh["id_token"])).header["kid"]
+        in new_kids
+    )
     # Once every token it signed has expired, the retired key leaves the JWKS.
     long_ago = clock.utcnow() - timedelta(seconds=settings.oidc_id_token_ttl + 1)
     await OidcKey.update({OidcKey.retired_at: long_ago}).where(OidcKey.id == old_kid)
@@ -153,7 +158,10 @@ async def test_private_keys_are_sealed_and_secrets_rotate_reseals_them(
         assert row["private_jwk"].startswith(f"v1.{crypto.key_id(new_key)}.")
     # With only the new key, the same signing key opens, and old tokens still verify against the JWKS.
     signer = await keys.signing_key(rotated, "ES256")
-    assert signer.kid == jwt.decode(issued["id_token"], await keys.verification_keys(rotated)).header["kid"]
+    assert (
+        signer.kid
+        == jwt.decode(issued["id_token"], await tokens.own_keys(rotated, issued["id_token"])).header["kid"]
+    )
     # The old key alone no longer opens them (they are sealed under the new one).
     sealed = (await OidcKey.select(OidcKey.private_jwk).first())["private_jwk"]
     with pytest.raises(crypto.SealError):

@@ -17,7 +17,7 @@ from portal.auth import sweep
 from portal.core import clock
 from portal.core.settings import Settings
 from portal.core.tables import OidcGrant, OidcLogoutDelivery, Session, SessionEnd
-from portal.oidc import clients, keys, logout, tokens
+from portal.oidc import clients, logout, tokens
 from tests.conftest import FrozenClock
 from tests.factories import csrf_token, make_member, make_org, make_user, sign_in
 from tests.portal.oidc.peers import Listener, backchannel_listener
@@ -68,7 +68,7 @@ async def assert_logout_token(
 ) -> None:
     received = listener.wait(1, timeout=5)
     assert len(received) == 1
-    claims = jwt.decode(received[0], await keys.verification_keys(settings)).claims
+    claims = jwt.decode(received[0], await tokens.own_keys(settings, received[0])).claims
     assert claims["sid"] == sid and claims["sub"] == user_id and claims["aud"] == client_id
     assert claims["iss"] == tokens.issuer(settings) and claims["jti"] and "nonce" not in claims
     assert claims["events"] == {logout.EVENT: {}}
