@@ -155,6 +155,13 @@ async def test_app_sign_in_shared_session_and_logout(
     await page.get_by_role("link", name="Manage your organization").click()
     await expect(page.get_by_role("heading", name="Acme", exact=True)).to_be_visible()
 
+    # An RP-initiated logout without an id_token_hint asks first; staying keeps the session.
+    await page.goto(f"{server.url}/oauth/logout?client_id={client.id}")
+    await expect(page.get_by_role("heading", name="Sign out of Portal?")).to_be_visible()
+    await page.screenshot(path=str(SCREENSHOTS / "oidc-logout-confirm.png"))
+    await page.get_by_role("link", name="Stay signed in").click()
+    await expect(page.get_by_role("heading", name="Acme", exact=True)).to_be_visible()
+
     await page.locator(".user-menu summary").click()
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_text("signed out")).to_be_visible()
