@@ -309,3 +309,42 @@ async def test_forged_id_token_hint(client: httpx.AsyncClient, setup: dict[str, 
     )
     assert response.status_code == 400
     assert (await client.get("/ui/")).status_code == 200
+
+
+# --- prompt, max_age, login_hint ----------------------------------------------------------------------------
+
+
+async def test_prompt_login_and_max_age_send_a_signed_in_user_to_the_login_page(
+    client: httpx.AsyncClient, setup: dict[str, Any], frozen_clock: FrozenClock
+) -> None:
+    await sign_in(client, setup["user"], setup["org"])
+    for extra in ({"prompt": "login"}, {"prompt": "select_account"}, {"max_age": "60"}):
+        if "max_age" in extra:
+            frozen_clock.advance(seconds=61)
+        response = await client.get(auth_query(setup["app"].id, login_hint="a@b.test", **extra))
+        assert response.status_code == 303, extra
+        location = response.headers["location"]
+        query = parse_qs(urlsplit(location).query)
+        assert urlsplit(location).path == "/login" and query["prompt"] == ["login"]
+        # Back to the same authorize request, without what the new sign-in satisfies.
+        back = parse_qs(urlsplit(query["return_to"][0]).query)
+        assert back["client_id"] == [setup["app"].id] and "prompt" not in back and "max_age" not in back
+        page = await client.get(location, headers={"accept": "text/html"})
+        assert page.status_code == 200 and 'value="a@b.test"' in page.text
+    assert await issued() == (0, 0)
+    # A recent enough sign-in gets its code.
+    assert "code" in redirect_query(await client.get(auth_query(setup["app"].id, max_age="3600")))
+
+
+async def test_without_a_session_the_hosted_login_comes_back_to_authorize(
+    client: httpx.AsyncClient, setup: dict[str, Any]
+) -> None:
+    client.cookies.clear()
+    response = await client.get(auth_query(setup["app"].id, organization_id=setup["org"]["id"]))
+    assert response.status_code == 303
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    assert query["return_to"][0].startswith("/oauth/authorize?")
+    assert query["organization"] == [setup["org"]["id"]]
+    refused = redirect_query(await client.get(auth_query(setup["app"].id, prompt="none")))
+    assert refused["error"] == "login_required"
+    assert await issued() == (0, 0)
