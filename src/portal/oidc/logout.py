@@ -178,3 +178,29 @@ async def backchannel_logout(ctx: JobContext) -> dict[str, int]:
     planned = await plan_deliveries()
     counts = await deliver_due(ctx.settings)
     return {"planned": planned, **counts}
+
+
+#: How long finished records (processed session ends, sent or abandoned deliveries, dead grants) are kept.
+RETENTION = timedelta(days=7)
+
+
+@cron("oidc_purge", interval=lambda settings: 3600)
+async def purge(ctx: JobContext) -> dict[str, int]:
+    """Delete what no longer matters: processed session ends, finished deliveries, grants that can issue
+    nothing (revoked, or a code never exchanged) and the refresh tokens with them, after :data:`RETENTION`."""
+    cutoff = clock.utcnow() - RETENTION
+    ends = await SessionEnd.delete().where(SessionEnd.oidc_processed_at < cutoff).returning(SessionEnd.id)
+    deliveries = (
+        await OidcLogoutDelivery.delete()
+        .where((OidcLogoutDelivery.delivered_at < cutoff) | (OidcLogoutDelivery.failed_at < cutoff))
+        .returning(OidcLogoutDelivery.id)
+    )
+    grants = (
+        await OidcGrant.delete()
+        .where(
+            (OidcGrant.revoked_at < cutoff)
+            | (OidcGrant.code_used_at.is_null() & (OidcGrant.code_expires_at < cutoff))
+        )
+        .returning(OidcGrant.id)
+    )
+    return {"session_ends": len(ends), "deliveries": len(deliveries), "grants": len(grants)}

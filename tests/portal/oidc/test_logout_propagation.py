@@ -175,3 +175,18 @@ async def test_failed_delivery_is_retried_and_never_blocks(
     await assert_logout_token(
         settings, listener, signed_in["sid"], signed_in["alice"]["id"], signed_in["app"].id
     )
+
+
+async def test_purge_keeps_recent_records(
+    client: httpx.AsyncClient, signed_in: dict[str, Any], settings: Settings, frozen_clock: FrozenClock
+) -> None:
+    from portal.jobs import InlineQueue
+
+    token = await csrf_token(client, "/ui/")
+    await client.post("/logout", data={"_csrf_token": token})
+    await deliver(settings)
+    context = InlineQueue(settings, run_crons=False).context
+    assert await logout.purge(context) == {"session_ends": 0, "deliveries": 0, "grants": 0}
+    frozen_clock.advance(days=8)
+    assert await logout.purge(context) == {"session_ends": 1, "deliveries": 1, "grants": 2}
+    assert await OidcGrant.count() == 0 and await SessionEnd.count() == 0
