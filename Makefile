@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/members.py
 	$(PY) bench/domains.py
 	$(PY) bench/sessions.py
+	$(PY) bench/oidc.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

@@ -18,6 +18,7 @@ from portal.auth import accounts
 from portal.core import db
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
+from portal.oidc import cli as oidc_cli
 
 T = TypeVar("T")
 
@@ -264,6 +265,10 @@ def secrets_rotate() -> None:
     for name, count in counts.items():
         click.echo(f"{name}: {count} re-sealed")
     click.echo(f"{total} secret(s) re-sealed with key {crypto.key_id(settings.secret_key)}")
+
+
+main.add_command(oidc_cli.client)  # issue 10: portal client ...
+main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ log = logging.getLogger("portal.jobs")
 JobFunction = Callable[..., Awaitable[Any]]
 
 #: Modules whose import registers jobs (widget packages register theirs when the registry discovers them).
-JOB_MODULES: tuple[str, ...] = ("portal.auth.maintenance", "portal.auth.jobs")
+JOB_MODULES: tuple[str, ...] = (
+    "portal.auth.maintenance",
+    "portal.auth.jobs",
+    "portal.oidc.logout",  # issue 10: back-channel logout
+)
 
 
 class JobQueue(Protocol):

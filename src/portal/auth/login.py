@@ -376,15 +376,19 @@ async def login_page(
     return_to: FromQuery[str | None] = None,
     organization: FromQuery[str | None] = None,
     signed_out: FromQuery[str | None] = None,
+    prompt: FromQuery[str | None] = None,
+    login_hint: FromQuery[str | None] = None,
 ) -> Response[Any]:
-    """The branded sign-in page: one email field."""
+    """The branded sign-in page: one email field. ``prompt=login`` (an app asking the user to sign in again,
+    OIDC) shows it even with a live session; ``login_hint`` pre-fills the address."""
     target = safe_return_to(return_to)
-    if auth_of(request) is not None:
+    if auth_of(request) is not None and prompt != "login":
         return Redirect(target, status_code=303)
     response = _login_page(
         request,
         return_to=target,
         organization=_organization_ref(organization),
+        email=(login_hint or "").strip()[:320],
         notice="You have been signed out." if signed_out == "1" else None,
     )
     settings: Settings = request.app.state.settings

@@ -13,7 +13,7 @@ from piccolo.table import Table
 from portal.core import clock, db
 from portal.core.ids import hash_secret, new_secret
 from portal.core.settings import Settings
-from portal.core.tables import Organization, Session, User
+from portal.core.tables import Organization, Session, SessionEnd, User
 
 #: last_seen_at is written at most this often per session.
 TOUCH_INTERVAL = timedelta(minutes=1)
@@ -152,9 +152,38 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
 
 
 async def revoke(session_id: str, reason: str) -> None:
-    """Revoke one session; it stops working on its next request."""
-    await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason}).where(
-        (Session.id == session_id) & Session.revoked_at.is_null()
+    """Revoke one session; it stops working on its next request, and :func:`ended` tells the apps."""
+    revoked = (
+        await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason})
+        .where((Session.id == session_id) & Session.revoked_at.is_null())
+        .returning(Session.id, Session.user)
+    )
+    await ended([(row["id"], row["user"]) for row in revoked], reason)
+
+
+async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id: str | None = None) -> None:
+    """THE one place a session's end is announced: every code path that ends sessions (sign-out, expiry on a
+    request or by the sweep, session policy, Security's revoke, ``/oauth/logout``) calls it with the
+    (session id, user id) pairs it ended, inside its own transaction. ``organization_id`` says only that
+    organization's side ended (the member was removed from it; the portal session lives on).
+
+    It only records a ``session_end`` row per session (durable, cheap, never blocks the user); background jobs
+    read them: the OpenID Provider sends back-channel logout tokens (``portal.oidc.logout``), with retries.
+    """
+    if not sessions:
+        return
+    now = clock.utcnow()
+    await SessionEnd.insert(
+        *(
+            SessionEnd(
+                session_id=session_id,
+                user_id=user_id,
+                organization_id=organization_id,
+                reason=reason,
+                at=now,
+            )
+            for session_id, user_id in sessions
+        )
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from piccolo.columns.combination import And, Or
 from piccolo.engine.postgres import PostgresEngine
 
+from portal.auth import sessions
 from portal.auth.sessions import Timeouts
 from portal.core import clock
 from portal.core.settings import Settings
@@ -126,7 +127,7 @@ def _batch_statement(
                  WHERE o.id = portal_session.active_organization AND o.session_policy_source = 'custom'),
                 @app_absolute) THEN 'absolute' ELSE 'idle' END
         WHERE revoked_at IS NULL AND {batch}
-        RETURNING revoke_reason AS reason
+        RETURNING id, "user" AS user_id, revoke_reason AS reason
     """  # noqa: S608
     return _bind(
         sql,
@@ -166,6 +167,8 @@ async def sweep_expired(
         batches += 1
         for row in rows:
             counts[row["reason"]] += 1
+        for reason in ("absolute", "idle"):
+            await sessions.ended([(r["id"], r["user_id"]) for r in rows if r["reason"] == reason], reason)
         if len(rows) < batch_size:
             break
     result = SweepResult(absolute=counts["absolute"], idle=counts["idle"], batches=batches)

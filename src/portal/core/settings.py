@@ -79,6 +79,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     domain_verification_window: Seconds = 72 * 3600
     domain_check_interval: Seconds = 15 * 60
 
+    # --- issue 10: oidc
+    #: Lifetime of the access tokens (JWT) the OpenID Provider issues.
+    oidc_access_token_ttl: Seconds = 5 * 60
+    #: Lifetime of ID tokens.
+    oidc_id_token_ttl: Seconds = 60 * 60
+    #: Longest life of a refresh token (it also dies with the portal session).
+    oidc_refresh_token_ttl: Seconds = 30 * 86400
+    #: How often back-channel logout tokens are sent (and failed deliveries retried).
+    oidc_logout_interval: Seconds = 5
+    # --- end issue 10: oidc
+
     def __post_init__(self) -> None:
         scheme = urlsplit(self.database_url).scheme
         if scheme not in {"sqlite", "postgres", "postgresql"}:

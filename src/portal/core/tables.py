@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from piccolo.columns import JSON, BigInt, BigSerial, Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
 from piccolo.columns.base import OnDelete
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
@@ -238,6 +240,133 @@ class Passkey(Table, tablename="passkey"):
 # --- end security widget
 
 
+# --- issue 10: oidc ---------------------------------------------------------------------------------------
+def oidc_client_id() -> str:
+    return f"client_{secrets.token_urlsafe(12)}"
+
+
+def oidc_grant_id() -> str:
+    return f"grt_{secrets.token_urlsafe(16)}"
+
+
+def oidc_token_id() -> str:
+    return f"rtk_{secrets.token_urlsafe(16)}"
+
+
+def oidc_delivery_id() -> str:
+    return f"bcl_{secrets.token_urlsafe(16)}"
+
+
+class SessionEnd(Table, tablename="session_end"):
+    """A portal session that ended (sign-out, expiry, revoked in Security, member removed): written by
+    ``portal.auth.sessions.ended`` in the same transaction, read by jobs that tell others (back-channel logout).
+    """
+
+    id = BigSerial(primary_key=True)
+    session_id = Varchar(length=40, index=True)
+    user_id = Varchar(length=40)
+    #: Set when only this organization's side of the session ended (the member was removed from it).
+    organization_id = Varchar(length=40, null=True, default=None)
+    #: ``logout``, ``idle``, ``absolute``, ``user``, ``replaced``, ``removed``…
+    reason = Varchar(length=30)
+    at = Timestamptz(default=TimestamptzNow())
+    #: When the OpenID Provider's job turned it into back-channel logout deliveries.
+    oidc_processed_at = Timestamptz(null=True, default=None, index=True)
+
+
+class OidcClient(Table, tablename="oidc_client"):
+    """An app (relying party) registered with ``portal client create``."""
+
+    #: The public ``client_id``: ``client_…``.
+    id = Varchar(length=60, primary_key=True, default=oidc_client_id)
+    name = Varchar(length=200)
+    #: SHA-256 of the client secret (confidential clients); NULL for public clients (PKCE required).
+    secret_hash = Varchar(length=64, null=True, default=None)
+    public = Boolean(default=False)
+    #: Exact-match redirect URIs (JSON list of str).
+    redirect_uris = JSON(default=[])
+    #: Where ``/oauth/logout`` may send the browser afterwards (JSON list of str).
+    post_logout_redirect_uris = JSON(default=[])
+    #: Receives OIDC Back-Channel Logout tokens.
+    backchannel_logout_uri = Varchar(length=2000, null=True, default=None)
+    #: ``ES256`` or ``RS256``: how its ID and access tokens are signed.
+    signing_alg = Varchar(length=10, default="ES256")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class OidcKey(Table, tablename="oidc_key"):
+    """A signing key of the provider's key set; the private JWK is sealed (purpose ``oidc-signing-key``)."""
+
+    #: The JWK ``kid``.
+    id = Varchar(length=60, primary_key=True)
+    #: ``ES256`` or ``RS256``.
+    alg = Varchar(length=10)
+    #: The public JWK (JSON text).
+    public_jwk = Text()
+    #: The private JWK sealed by ``portal.core.crypto``.
+    private_jwk = Text()
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: When a newer key of the same alg took over signing; published until its last token expired.
+    retired_at = Timestamptz(null=True, default=None)
+
+
+class OidcGrant(Table, tablename="oidc_grant"):
+    """One authorization: the code handed to a client and, once exchanged, the refresh-token family."""
+
+    #: ``grt_…``
+    id = Varchar(length=40, primary_key=True, default=oidc_grant_id)
+    client = ForeignKey(references=OidcClient, on_delete=OnDelete.cascade, null=False)
+    user = ForeignKey(references=User, on_delete=OnDelete.cascade, null=False)
+    #: The portal session the tokens belong to (``sid``); they die with it.
+    session_id = Varchar(length=40, index=True)
+    organization_id = Varchar(length=40, null=True, default=None)
+    scope = Varchar(length=500, default="openid")
+    nonce = Varchar(length=500, null=True, default=None)
+    redirect_uri = Varchar(length=2000)
+    code_challenge = Varchar(length=128, null=True, default=None)
+    #: SHA-256 of the authorization code (single use, 60 s).
+    code_hash = Varchar(length=64, unique=True)
+    code_expires_at = Timestamptz()
+    code_used_at = Timestamptz(null=True, default=None)
+    auth_time = Timestamptz()
+    #: Authentication methods (JSON list, e.g. ``["otp"]``).
+    amr = JSON(default=[])
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: Set on logout, code replay or refresh-token reuse: nothing issued under it works any more.
+    revoked_at = Timestamptz(null=True, default=None)
+
+
+class OidcRefreshToken(Table, tablename="oidc_refresh_token"):
+    """A refresh token (hash only); using it rotates it, reusing a rotated one revokes the grant."""
+
+    id = Varchar(length=40, primary_key=True, default=oidc_token_id)
+    grant = ForeignKey(references=OidcGrant, on_delete=OnDelete.cascade, null=False, index=True)
+    token_hash = Varchar(length=64, unique=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz()
+    #: Set when it was exchanged for a new one (or revoked).
+    used_at = Timestamptz(null=True, default=None)
+
+
+class OidcLogoutDelivery(Table, tablename="oidc_logout_delivery"):
+    """A back-channel logout token owed to one client for one ended session, retried until delivered."""
+
+    id = Varchar(length=40, primary_key=True, default=oidc_delivery_id)
+    client = ForeignKey(references=OidcClient, on_delete=OnDelete.cascade, null=False)
+    session_id = Varchar(length=40)
+    user_id = Varchar(length=40)
+    attempts = Integer(default=0)
+    next_attempt_at = Timestamptz(default=TimestamptzNow(), index=True)
+    delivered_at = Timestamptz(null=True, default=None)
+    #: Set when it was given up after the last retry.
+    failed_at = Timestamptz(null=True, default=None)
+    last_error = Text(default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+# --- end issue 10: oidc
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -249,9 +378,17 @@ TABLES: tuple[type[Table], ...] = (
     LoginChallenge,
     RateEvent,
     Passkey,  # security widget (portal_0007)
+    SessionEnd,  # issue 10: oidc (portal_0008)
+    OidcClient,
+    OidcKey,
+    OidcGrant,
+    OidcRefreshToken,
+    OidcLogoutDelivery,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what
 #: ``portal secrets rotate`` re-seals under a new ``PORTAL_SECRET_KEY``. A table with a sealed column adds
 #: itself here.
-SEALED_COLUMNS: list[tuple[type[Table], str, str]] = []
+SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
+    (OidcKey, "private_jwk", "oidc-signing-key"),  # issue 10: oidc
+]

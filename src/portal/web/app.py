@@ -22,6 +22,7 @@ from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine, PolicyError
+from portal import oidc
 from portal.auth import login, passkey_login
 from portal.core import db
 from portal.core.settings import Settings, ensure_secret_key
@@ -147,6 +148,7 @@ def create_app(
             *shell.HANDLERS,
             *login.HANDLERS,
             *passkey_login.HANDLERS,  # passkey sign-in on /login (security widget issue)
+            *oidc.HANDLERS,  # issue 10: OpenID Provider
             *registry.handlers(),
         ],
         guards=[policy_guard],

@@ -718,10 +718,18 @@ async def remove(policy: PolicyEngine, actor: Actor, member_id: str) -> Member:
     )
     # The guard already refuses them (it reads the membership on every request); their sessions also stop
     # pointing at the organization, so their next page does not show its name.
-    await Session.update({Session.active_organization: None}).where(
-        (Session.user == member.user_id)
-        & (Session.active_organization == actor.organization_id)
-        & Session.revoked_at.is_null()
+    detached = (
+        await Session.update({Session.active_organization: None})
+        .where(
+            (Session.user == member.user_id)
+            & (Session.active_organization == actor.organization_id)
+            & Session.revoked_at.is_null()
+        )
+        .returning(Session.id)
+    )
+    # The app's sessions for this organization end with the membership (back-channel logout).
+    await sessions.ended(
+        [(row["id"], member.user_id) for row in detached], "removed", organization_id=actor.organization_id
     )
     await accounts.audit(
         "member.removed",

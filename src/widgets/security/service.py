@@ -261,6 +261,7 @@ async def revoke_other_sessions(
         .where((Session.user == user_id) & (Session.id != current_id) & Session.revoked_at.is_null())
         .returning(Session.id)
     )
+    await sessions.ended([(row["id"], user_id) for row in revoked], "user")
     await accounts.audit(
         "sessions.revoked_others",
         organization_id=organization_id,
