@@ -1,4 +1,4 @@
-"""Profile: the signed-in user's names, display name, language and email address (DESIGN §1)."""
+"""Profile: the signed-in user's names, display name and email address (DESIGN §1)."""
 
 from portal.web.registry import Section, Widget
 from widgets.profile.controller import ProfileController
@@ -8,6 +8,6 @@ WIDGET = Widget(
     title="Profile",
     url="/ui/account/profile",
     section=Section.ACCOUNT,
-    description="Your name, language and email address.",
+    description="Your name and email address.",
     handlers=(ProfileController,),
 )

@@ -47,7 +47,7 @@ def _profile_page(
     status_code: int = 200,
 ) -> Response[Any]:
     if form is None:
-        form = ProfileForm(profile.given_name, profile.family_name, profile.display_name, profile.locale)
+        form = ProfileForm(profile.given_name, profile.family_name, profile.display_name)
     return render(
         request,
         "profile/index.html",
@@ -58,8 +58,6 @@ def _profile_page(
         errors=errors or {},
         email_form=email_form or EmailChangeForm(),
         email_errors=email_errors or {},
-        locales=service.LOCALES,
-        locale_label=service.locale_label,
         max_lengths=service.MAX_LENGTHS,
     )
 
@@ -79,7 +77,7 @@ class ProfileController(Controller):
 
     @post("", opt=AUTHENTICATED, status_code=303)
     async def save(self, request: Request[Any, Any, Any], data: URLEncodedBody[ProfileForm]) -> Response[Any]:
-        """Save names and locale; bad input shows the form again (400) and saves nothing."""
+        """Save the names; bad input shows the form again (400) and saves nothing."""
         auth = require_auth(request)
         try:
             async with db.write_transaction():

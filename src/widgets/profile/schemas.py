@@ -16,7 +16,6 @@ class ProfileForm(msgspec.Struct):
     given_name: str = ""
     family_name: str = ""
     display_name: str = ""
-    locale: str = ""
 
 
 class EmailChangeForm(msgspec.Struct):
@@ -40,7 +39,6 @@ class Profile(msgspec.Struct, frozen=True):
     given_name: str
     family_name: str
     display_name: str
-    locale: str
 
 
 class PendingEmailChange(msgspec.Struct, frozen=True):

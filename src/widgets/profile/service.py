@@ -1,4 +1,4 @@
-"""Profile rules: validating names and locale, saving them, and changing the email address with a code.
+"""Profile rules: validating names, saving them, and changing the email address with a code.
 
 Every query is scoped to the signed-in user's id, which the controller takes from the session (never from
 the form).
@@ -26,33 +26,13 @@ log = logging.getLogger("widgets.profile")
 MAX_LENGTHS = {"given_name": 100, "family_name": 100, "display_name": 200}
 #: Longest tag the locale column holds (RFC 5646 §4.4.1 asks implementations to accept at least 35).
 MAX_LOCALE = 35
-PROFILE_FIELDS = ("given_name", "family_name", "display_name", "locale")
+# The ``locale`` column stays (migrations only add), but nothing is translated yet, so the form no longer
+# offers a language that would change nothing but ``<html lang>`` (WCAG 3.1.1). Localization is a follow-up.
+PROFILE_FIELDS = ("given_name", "family_name", "display_name")
 CODE_PURPOSE = "email_change"
 EMAIL_IN_USE = "This email is in use by another account."
 #: Email change codes a user may request: (limit, window seconds).
 EMAIL_CHANGE_RATE = (5, 15 * 60)
-
-#: Offered in the form's select; any other well-formed BCP 47 tag is accepted from the API or a forged form.
-LOCALES: tuple[tuple[str, str], ...] = (
-    ("en", "English"),
-    ("en-US", "English (United States)"),
-    ("en-GB", "English (United Kingdom)"),
-    ("de", "Deutsch"),
-    ("de-CH", "Deutsch (Schweiz)"),
-    ("fr", "Français"),
-    ("fr-CA", "Français (Canada)"),
-    ("es", "Español"),
-    ("es-MX", "Español (México)"),
-    ("it", "Italiano"),
-    ("nl", "Nederlands"),
-    ("pt-BR", "Português (Brasil)"),
-    ("pt-PT", "Português (Portugal)"),
-    ("sv", "Svenska"),
-    ("pl", "Polski"),
-    ("ja", "日本語"),
-    ("zh-CN", "中文 (简体)"),
-)
-LOCALE_NAMES = dict(LOCALES)
 
 # RFC 5646 §2.1 "langtag", matched case-insensitively, with one restriction: the primary language is an
 # ISO 639 code (2-3 letters). The grammar also allows 4 letters (reserved) and 5-8 letters (for future
@@ -113,7 +93,7 @@ def clean_text(raw: str, max_length: int) -> str:
 
 
 def normalize_locale(raw: str) -> str:
-    """A well-formed BCP 47 tag in its conventional case (``pt-br`` → ``pt-BR``); ValueError if malformed."""
+    """Kept for the localization follow-up (no form offers a language now). A well-formed BCP 47 tag in its conventional case (``pt-br`` → ``pt-BR``); ValueError if malformed."""
     tag = raw.strip()
     if not tag:
         raise ValueError("Choose a language.")
@@ -140,11 +120,6 @@ def _canonical_case(tag: str) -> str:
     return "-".join(out)
 
 
-def locale_label(tag: str) -> str:
-    """``Deutsch (Schweiz)`` for ``de-CH``; the tag itself when it is not one of the offered locales."""
-    return LOCALE_NAMES.get(tag, tag)
-
-
 def validate_profile(form: ProfileForm) -> dict[str, str]:
     """The cleaned values of the profile form; :class:`FormErrors` naming every bad field."""
     errors: dict[str, str] = {}
@@ -154,10 +129,6 @@ def validate_profile(form: ProfileForm) -> dict[str, str]:
             values[field] = clean_text(getattr(form, field), limit)
         except ValueError as exc:
             errors[field] = str(exc)
-    try:
-        values["locale"] = normalize_locale(form.locale)
-    except ValueError as exc:
-        errors["locale"] = str(exc)
     if errors:
         raise FormErrors(errors)
     if not values["display_name"]:
@@ -169,7 +140,7 @@ async def get_profile(user_id: str) -> Profile:
     """The signed-in user's profile."""
     row = (
         await User.select(
-            User.email, User.email_verified, User.given_name, User.family_name, User.display_name, User.locale
+            User.email, User.email_verified, User.given_name, User.family_name, User.display_name
         )
         .where(User.id == user_id)
         .first()

@@ -1,4 +1,4 @@
-"""The Profile widget: view and edit names and locale, change the email address with a code."""
+"""The Profile widget: view and edit names (no language: nothing is translated yet), change the email address with a code."""
 
 from __future__ import annotations
 
@@ -103,13 +103,6 @@ def input_value(page: str, field: str) -> str:
     return html.unescape(control.group(1))
 
 
-def selected_locale(page: str) -> str:
-    select = page.split('<select id="locale"', 1)[1].split("</select>", 1)[0]
-    match = re.search(r'<option value="([^"]*)"[^>]*selected', select)
-    assert match
-    return html.unescape(match.group(1))
-
-
 async def flash_after(client: httpx.AsyncClient, response: httpx.Response) -> str:
     """Follow a 303 and return the flash message the next page shows."""
     assert response.status_code == 303, response.text
@@ -131,7 +124,7 @@ async def stored_with_id(user_id: str) -> dict[str, Any]:
 
 
 def profile_form(**overrides: str) -> dict[str, str]:
-    form = {"given_name": "Ada", "family_name": "Lovelace", "display_name": "Ada Lovelace", "locale": "en-GB"}
+    form = {"given_name": "Ada", "family_name": "Lovelace", "display_name": "Ada Lovelace"}
     form.update(overrides)
     return form
 
@@ -253,8 +246,10 @@ async def test_signed_in_user_sees_their_profile(client: httpx.AsyncClient, ada:
     assert input_value(page.text, "given_name") == "Ada"
     assert input_value(page.text, "family_name") == "Lovelace"
     assert input_value(page.text, "display_name") == "Ada Lovelace"
-    assert selected_locale(page.text) == "en-GB"
-    assert "English (United Kingdom) <code>en-GB</code>" in page.text
+    # A language that would translate nothing is not offered, and the page says it is in English.
+    assert 'id="locale"' not in page.text
+    assert "Language" not in page.text
+    assert '<html lang="en">' in page.text
     assert "Charles" not in page.text
     assert page.text.count('name="_csrf_token"') >= 3  # both forms and sign-out
 
@@ -283,7 +278,7 @@ async def test_save_stores_trimmed_values_and_audits_the_changes(
     await sign_in(client, ada, org)
     response = await post_profile(
         client, given_name="  Augusta Ada ", family_name="King", display_name="", locale="pt-br"
-    )
+    )  # a forged locale field is ignored
     assert response.status_code == 303
     assert response.headers["location"] == URL
     assert await flash_after(client, response) == "ok: Profile saved."
@@ -291,20 +286,19 @@ async def test_save_stores_trimmed_values_and_audits_the_changes(
     assert row["given_name"] == "Augusta Ada"
     assert row["family_name"] == "King"
     assert row["display_name"] == "Augusta Ada King"  # derived from the names when left empty
-    assert row["locale"] == "pt-BR"  # canonical case
+    assert row["locale"] == "en-GB"  # unchanged: the form has no language field any more
     assert row["email"] == "ada@example.test"
     [event] = await audit_events("profile.updated")
     assert event["actor_id"] == ada["id"]
     assert event["target"] == ada["id"]
     assert event["organization_id"] == org["id"]
     assert event["ip"] == "127.0.0.1"
-    assert event["details"]["fields"] == ["given_name", "family_name", "display_name", "locale"]
+    assert event["details"]["fields"] == ["given_name", "family_name", "display_name"]
     assert event["details"]["changes"]["given_name"] == {"old": "Ada", "new": "Augusta Ada"}
-    assert event["details"]["changes"]["locale"] == {"old": "en-GB", "new": "pt-BR"}
+    assert "locale" not in event["details"]["changes"]
     page = await client.get(URL, headers=HTML)
     assert input_value(page.text, "display_name") == "Augusta Ada King"
-    assert selected_locale(page.text) == "pt-BR"
-    assert '<html lang="pt-BR">' in page.text
+    assert '<html lang="en">' in page.text
 
 
 async def test_only_changed_fields_are_audited(client: httpx.AsyncClient, ada: dict[str, Any]) -> None:
@@ -317,15 +311,6 @@ async def test_only_changed_fields_are_audited(client: httpx.AsyncClient, ada: d
         "display_name": {"old": "Ada Lovelace", "new": "Countess of Lovelace"}
     }
     assert event["organization_id"] is None
-
-
-async def test_any_well_formed_locale_is_accepted(client: httpx.AsyncClient, ada: dict[str, Any]) -> None:
-    await sign_in(client, ada)
-    response = await post_profile(client, locale="sr-latn-rs")  # not among the offered ones
-    assert response.status_code == 303
-    assert (await stored(ada["id"]))["locale"] == "sr-Latn-RS"
-    page = await client.get(URL, headers=HTML)
-    assert selected_locale(page.text) == "sr-Latn-RS"  # still shown as the selected option
 
 
 async def test_nothing_changed_writes_no_audit_event(client: httpx.AsyncClient, ada: dict[str, Any]) -> None:
@@ -343,12 +328,6 @@ BAD_INPUT = [
     ("family_name", "Love\x00lace", "Remove control characters such as line breaks and tabs."),
     ("display_name", "Ada\tL", "Remove control characters such as line breaks and tabs."),
     ("display_name", "\u202eecalevoL", "Remove control characters such as line breaks and tabs."),
-    ("locale", "en_GB", "Enter a language tag such as en, de-CH or pt-BR."),
-    ("locale", "english", "Enter a language tag such as en, de-CH or pt-BR."),
-    ("locale", "de-", "Enter a language tag such as en, de-CH or pt-BR."),
-    ("locale", "<script>", "Enter a language tag such as en, de-CH or pt-BR."),
-    ("locale", "", "Choose a language."),
-    ("locale", "de-" + "-".join(["abcdefgh"] * 4), "A language tag has at most 35 characters."),
 ]
 
 
@@ -358,7 +337,7 @@ async def test_bad_input_is_shown_next_to_the_field_and_nothing_is_saved(
 ) -> None:
     await sign_in(client, ada)
     before = await stored(ada["id"])
-    entered = {"given_name": "Augusta", "family_name": "King", "display_name": "A. King", "locale": "de"}
+    entered = {"given_name": "Augusta", "family_name": "King", "display_name": "A. King"}
     response = await post_profile(client, **{**entered, field: value})
     assert response.status_code == 400
     assert field_error(response.text, field) == message
@@ -367,24 +346,21 @@ async def test_bad_input_is_shown_next_to_the_field_and_nothing_is_saved(
     for other, kept in entered.items():
         if other != field:
             assert f'id="{other}-error"' not in response.text
-            if other == "locale":
-                assert selected_locale(response.text) == kept
-            else:
-                assert input_value(response.text, other) == kept
-    if field == "locale":
-        assert selected_locale(response.text) == value
-    else:
-        assert input_value(response.text, field) == value
+            assert input_value(response.text, other) == kept
+    assert input_value(response.text, field) == value
     assert await stored(ada["id"]) == before
     assert await audit_events("profile.updated") == []
 
 
 async def test_several_bad_fields_are_all_reported(client: httpx.AsyncClient, ada: dict[str, Any]) -> None:
     await sign_in(client, ada)
-    response = await post_profile(client, given_name="x" * 101, locale="??")
+    response = await post_profile(client, given_name="x" * 101, display_name="y\tz")
     assert response.status_code == 400
     assert field_error(response.text, "given_name").startswith("Use at most 100 characters")
-    assert field_error(response.text, "locale") == "Enter a language tag such as en, de-CH or pt-BR."
+    assert (
+        field_error(response.text, "display_name")
+        == "Remove control characters such as line breaks and tabs."
+    )
     assert (await stored(ada["id"]))["given_name"] == "Ada"
 
 
