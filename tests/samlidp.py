@@ -78,7 +78,11 @@ class SamlIdp:
         audience: str | None = None,
     ) -> str:
         """A signed Response as the base64 ``SAMLResponse`` form value."""
-        identity = attributes if attributes is not None else {"email": [email], "givenName": ["Ada"], "sn": ["Lovelace"]}
+        identity = (
+            attributes
+            if attributes is not None
+            else {"email": [email], "givenName": ["Ada"], "sn": ["Lovelace"]}
+        )
         response = self.server.create_authn_response(
             identity=identity,
             in_response_to=in_response_to,
@@ -119,9 +123,17 @@ def make_idp(directory: Path, sp_metadata_files: list[Path]) -> SamlIdp:
             "service": {
                 "idp": {
                     "endpoints": {
-                        "single_sign_on_service": [(IDP_SSO_URL, BINDING_HTTP_REDIRECT), (IDP_SSO_URL, BINDING_HTTP_POST)]
+                        "single_sign_on_service": [
+                            (IDP_SSO_URL, BINDING_HTTP_REDIRECT),
+                            (IDP_SSO_URL, BINDING_HTTP_POST),
+                        ]
                     },
-                    "policy": {"default": {"lifetime": {"minutes": 15}, "name_form": "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"}},
+                    "policy": {
+                        "default": {
+                            "lifetime": {"minutes": 15},
+                            "name_form": "urn:oasis:names:tc:SAML:2.0:attrname-format:uri",
+                        }
+                    },
                     "name_id_format": [NAMEID_FORMAT_EMAILADDRESS],
                     "sign_response": False,
                     "sign_assertion": True,

@@ -21,10 +21,10 @@ from urllib.parse import urlencode
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from lxml import etree
-from signxml import InvalidInput as SignxmlInvalidInput
-from signxml import InvalidSignature, XMLVerifier
-from signxml.verifier import SignatureConfiguration
+from lxml import etree  # type: ignore[import-untyped]
+from signxml.exceptions import InvalidInput as SignxmlInvalidInput
+from signxml.exceptions import InvalidSignature
+from signxml.verifier import SignatureConfiguration, XMLVerifier
 
 from portal.sso.problems import SsoProblem
 
@@ -102,11 +102,16 @@ def sp_metadata(sp: ServiceProvider, certificate_pem: str | None = None) -> byte
         info = etree.SubElement(key, f"{{{NS['ds']}}}KeyInfo")
         data = etree.SubElement(info, f"{{{NS['ds']}}}X509Data")
         etree.SubElement(data, f"{{{NS['ds']}}}X509Certificate").text = _pem_body(certificate_pem)
-    etree.SubElement(desc, f"{{{md}}}NameIDFormat").text = (
-        "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
-    )
     etree.SubElement(
-        desc, f"{{{md}}}AssertionConsumerService", Binding=POST, Location=sp.acs_url, index="0", isDefault="true"
+        desc, f"{{{md}}}NameIDFormat"
+    ).text = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+    etree.SubElement(
+        desc,
+        f"{{{md}}}AssertionConsumerService",
+        Binding=POST,
+        Location=sp.acs_url,
+        index="0",
+        isDefault="true",
     )
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
@@ -259,7 +264,9 @@ def _time(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise SsoProblem("xml_malformed", f"The time {value!r} in the response is not a valid xs:dateTime.") from None
+        raise SsoProblem(
+            "xml_malformed", f"The time {value!r} in the response is not a valid xs:dateTime."
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -295,7 +302,9 @@ def validate_response(xml: bytes, expected: Expected) -> Assertion:
     if status is None or status.get("Value") != SUCCESS:
         value = status.get("Value", "") if status is not None else "none"
         message = root.findtext("samlp:Status/samlp:StatusMessage", default="", namespaces=NS)
-        raise SsoProblem("idp_status", f"The IdP answered with status {value.rsplit(':', 1)[-1]}. {message}".strip())
+        raise SsoProblem(
+            "idp_status", f"The IdP answered with status {value.rsplit(':', 1)[-1]}. {message}".strip()
+        )
     if root.find("saml:EncryptedAssertion", NS) is not None:
         raise SsoProblem("encrypted_assertion", "The assertion is encrypted; turn assertion encryption off.")
     destination = root.get("Destination")
@@ -315,7 +324,9 @@ def validate_response(xml: bytes, expected: Expected) -> Assertion:
         assertions = root.findall("saml:Assertion", NS)
         response_in_reply = root.get("InResponseTo", "")
     if len(assertions) != 1:
-        raise SsoProblem("assertion_count", f"The response holds {len(assertions)} assertions; exactly one is expected.")
+        raise SsoProblem(
+            "assertion_count", f"The response holds {len(assertions)} assertions; exactly one is expected."
+        )
     assertion = assertions[0]
     if assertion.find("ds:Signature", NS) is not None:
         assertion = _verify(assertion, expected.certificate_pem)
@@ -324,7 +335,9 @@ def validate_response(xml: bytes, expected: Expected) -> Assertion:
 
     issuer = assertion.findtext("saml:Issuer", default="", namespaces=NS).strip()
     if expected.idp_entity_id and issuer != expected.idp_entity_id:
-        raise SsoProblem("issuer", f"The assertion was issued by {issuer!r}, not by {expected.idp_entity_id!r}.")
+        raise SsoProblem(
+            "issuer", f"The assertion was issued by {issuer!r}, not by {expected.idp_entity_id!r}."
+        )
 
     now, skew = expected.now, expected.skew
     conditions = assertion.find("saml:Conditions", NS)
@@ -339,8 +352,13 @@ def validate_response(xml: bytes, expected: Expected) -> Assertion:
         audiences = [
             (a.text or "").strip() for a in conditions.findall("saml:AudienceRestriction/saml:Audience", NS)
         ]
-        if conditions.find("saml:AudienceRestriction", NS) is not None and expected.sp.entity_id not in audiences:
-            raise SsoProblem("audience", f"The assertion is for {', '.join(audiences) or 'no audience'}, not for this SP.")
+        if (
+            conditions.find("saml:AudienceRestriction", NS) is not None
+            and expected.sp.entity_id not in audiences
+        ):
+            raise SsoProblem(
+                "audience", f"The assertion is for {', '.join(audiences) or 'no audience'}, not for this SP."
+            )
     else:
         raise SsoProblem("audience", "The assertion has no Conditions (no audience restriction).")
 
@@ -363,7 +381,8 @@ def validate_response(xml: bytes, expected: Expected) -> Assertion:
     in_reply = in_reply or response_in_reply
     if not in_reply and not expected.allow_idp_initiated:
         raise SsoProblem(
-            "idp_initiated", "IdP-initiated sign-in is off for this connection: start the sign-in from the portal."
+            "idp_initiated",
+            "IdP-initiated sign-in is off for this connection: start the sign-in from the portal.",
         )
 
     ends = [t for t in (not_on_or_after, confirmation_end) if t is not None]
