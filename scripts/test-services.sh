@@ -67,6 +67,9 @@ if [ -z "$CHROMIUM" ]; then
   CHROMIUM=$(command -v chromium)
 fi
 
+# --- xmlsec1 for the SSO tests' independent SAML IdP (pysaml2 signs with it; the portal itself does not) ---
+command -v xmlsec1 >/dev/null || apt_install xmlsec1
+
 echo "export PORTAL_TEST_CHROMIUM='$CHROMIUM'"
 echo "export PORTAL_TEST_DATABASE_URL='$PG_URL'"
 echo "export PORTAL_TEST_REDIS_URL='$REDIS_URL'"

@@ -17,7 +17,7 @@ _EMAIL = re.compile(
     r"^[a-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
 _ORG_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
-MEMBERSHIP_SOURCES = ("portal", "api", "scim", "jit")
+MEMBERSHIP_SOURCES = ("portal", "api", "scim", "jit", "sso")
 
 
 def normalize_email(raw: str) -> str:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl"})
+PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr"})
 
 
 def new_id(prefix: str) -> str:
@@ -66,3 +66,12 @@ def challenge_id() -> str:
 
 def passkey_id() -> str:
     return new_id("pk")
+
+
+# --- issue 12: sso
+def sso_connection_id() -> str:
+    return new_id("sso")
+
+
+def sso_request_id() -> str:
+    return new_id("ssr")

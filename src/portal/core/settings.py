@@ -78,6 +78,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dns_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     domain_verification_window: Seconds = 72 * 3600
     domain_check_interval: Seconds = 15 * 60
+    # --- issue 12: sso
+    #: Allowed clock difference with an IdP when checking assertion and ID token times.
+    sso_clock_skew: Seconds = 120
+    #: How often IdP metadata given by URL is fetched again.
+    sso_metadata_refresh_interval: Seconds = 12 * 3600
+    #: Let metadata URLs and OIDC issuers point at private or loopback addresses (tests, labs).
+    sso_allow_private_addresses: bool = False
+    #: A directory of ``<key>.md`` guides that override or add to the SSO widget's guides.
+    guides_dir: str | None = None
+    # --- end issue 12: sso
 
     # --- issue 10: oidc
     #: Lifetime of the access tokens (JWT) the OpenID Provider issues.
@@ -154,7 +164,7 @@ def _parse(field: str, annotation: Any, raw: str) -> Any:
     return raw
 
 
-_OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url"}
+_OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url", "guides_dir"}
 #: Comma-separated list settings.
 _LISTS = {"dns_nameservers", "previous_secret_keys"}
 

@@ -37,6 +37,11 @@ class Organization(Table, tablename="organization"):
     metadata = JSON(default={})
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+    # --- issue 12: sso (portal_0010)
+    #: Enforce SSO: emails at the organization's verified domains must sign in through its active connection
+    #: (break-glass: members holding ``sk_org_sso_manage`` keep email codes).
+    sso_enforced = Boolean(default=False)
+    # --- end issue 12: sso
 
 
 class User(Table, tablename="portal_user"):
@@ -365,6 +370,87 @@ class OidcLogoutDelivery(Table, tablename="oidc_logout_delivery"):
 
 
 # --- end issue 10: oidc
+# --- issue 12: sso ---------------------------------------------------------------------------------------
+class SsoConnection(Table, tablename="sso_connection"):
+    """An organization's SAML 2.0 or OIDC identity provider (DESIGN §15)."""
+
+    #: ``sso_…``
+    id = Varchar(length=40, primary_key=True, default=ids.sso_connection_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
+    #: ``saml`` or ``oidc``.
+    protocol = Varchar(length=10)
+    #: The guide it was set up with: ``okta``, ``entra``, ``google``, ``jumpcloud``, ``onelogin``, ``saml``, ``oidc``.
+    provider = Varchar(length=40, default="saml")
+    name = Varchar(length=200)
+    #: ``draft``, ``active`` or ``inactive``.
+    status = Varchar(length=20, default="draft")
+    # SAML: the IdP.
+    idp_entity_id = Varchar(length=1000, default="")
+    #: HTTP-Redirect SSO service URL.
+    idp_sso_url = Varchar(length=2000, default="")
+    #: PEM certificate the IdP signs with.
+    idp_certificate = Text(default="")
+    #: Metadata URL (fetched now and re-fetched on a schedule), or empty.
+    idp_metadata_url = Varchar(length=2000, default="")
+    metadata_fetched_at = Timestamptz(null=True, default=None)
+    #: Last metadata fetch problem, or NULL.
+    metadata_error = Text(null=True, default=None)
+    #: Expiry of ``idp_certificate``.
+    certificate_expires_at = Timestamptz(null=True, default=None)
+    #: When the 30-day expiry warning was audited (once per certificate).
+    certificate_warned_at = Timestamptz(null=True, default=None)
+    #: Sign AuthnRequests (HTTP-Redirect binding signature) with the SP key.
+    sign_requests = Boolean(default=False)
+    #: Accept IdP-initiated responses (no InResponseTo); off by default.
+    allow_idp_initiated = Boolean(default=False)
+    #: Accept emails outside the organization's verified domains.
+    allow_other_domains = Boolean(default=False)
+    # OIDC: the IdP.
+    oidc_issuer = Varchar(length=2000, default="")
+    oidc_client_id = Varchar(length=500, default="")
+    #: Sealed with ``portal.core.crypto`` (purpose ``sso.oidc_client_secret``).
+    oidc_client_secret = Text(default="")
+    #: Attribute names: ``{"email": ..., "given_name": ..., "family_name": ..., "groups": ...}``.
+    attribute_mapping = JSON(default={})
+    #: Group → role keys: ``{"Engineering": ["admin"]}``.
+    group_roles = JSON(default={})
+    #: Roles of a JIT member no group maps.
+    default_roles = JSON(default=["member"])
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class SsoRequest(Table, tablename="sso_request"):
+    """A sign-in we sent to an IdP: the AuthnRequest ID (SAML) or ``state`` (OIDC), used once."""
+
+    #: ``ssr_…``: the AuthnRequest ID or the OIDC ``state``.
+    id = Varchar(length=40, primary_key=True, default=ids.sso_request_id)
+    connection = ForeignKey(references=SsoConnection, on_delete=OnDelete.cascade, null=False)
+    #: ``login`` or ``test`` (a test creates no session).
+    purpose = Varchar(length=10, default="login")
+    return_to = Varchar(length=2000, default="/ui/")
+    #: OIDC nonce and PKCE verifier.
+    nonce = Varchar(length=100, default="")
+    code_verifier = Varchar(length=200, default="")
+    #: The browser that started it (SHA-256 of its CSRF cookie), so a response lands in the same browser.
+    browser = Varchar(length=64, default="")
+    expires_at = Timestamptz(index=True)
+    consumed_at = Timestamptz(null=True, default=None)
+    #: A test's outcome, shown on the test page: attributes received and problems found.
+    result = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class SsoAssertion(Table, tablename="sso_assertion"):
+    """An assertion id already accepted: the unique key refuses its replay until it expires."""
+
+    id = BigSerial(primary_key=True)
+    #: ``<connection id> <assertion id>``.
+    key = Varchar(length=600, unique=True)
+    expires_at = Timestamptz(index=True)
+
+
+# --- end issue 12: sso
 
 
 TABLES: tuple[type[Table], ...] = (
@@ -384,6 +470,9 @@ TABLES: tuple[type[Table], ...] = (
     OidcGrant,
     OidcRefreshToken,
     OidcLogoutDelivery,
+    SsoConnection,  # issue 12: sso
+    SsoRequest,
+    SsoAssertion,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what
@@ -391,4 +480,5 @@ TABLES: tuple[type[Table], ...] = (
 #: itself here.
 SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
     (OidcKey, "private_jwk", "oidc-signing-key"),  # issue 10: oidc
+    (SsoConnection, "oidc_client_secret", "sso.oidc_client_secret"),  # issue 12: sso
 ]

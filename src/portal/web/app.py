@@ -27,6 +27,7 @@ from portal.auth import login, passkey_login
 from portal.core import db
 from portal.core.settings import Settings, ensure_secret_key
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
+from portal.sso import routes as sso_routes
 from portal.web import shell
 from portal.web.guard import SessionMiddleware, policy_guard
 from portal.web.http import (
@@ -149,6 +150,7 @@ def create_app(
             *login.HANDLERS,
             *passkey_login.HANDLERS,  # passkey sign-in on /login (security widget issue)
             *oidc.HANDLERS,  # issue 10: OpenID Provider
+            *sso_routes.HANDLERS,  # issue 12: sso
             *registry.handlers(),
         ],
         guards=[policy_guard],
