@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sso_metadata_refresh_interval: Seconds = 12 * 3600
     #: Let metadata URLs and OIDC issuers point at private or loopback addresses (tests, labs).
     sso_allow_private_addresses: bool = False
-    #: A directory of ``<key>.md`` guides that override or add to the SSO widget's guides.
+    #: A directory whose ``sso/<key>.md`` and ``scim/<key>.md`` files override or add to the widgets' setup guides.
     guides_dir: str | None = None
     # --- end issue 12: sso
 
