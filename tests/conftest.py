@@ -102,11 +102,18 @@ def portal_serve(env: dict[str, str], port: int, log_path: Path) -> Iterator[sub
             process.wait()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Every test that touches the database runs again on PostgreSQL (`pytest -m db`).
     for item in items:
         if "db" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.db)
+    # Tests of PostgreSQL itself (restarts, connection pools) belong to the PostgreSQL run only: deselected,
+    # not skipped, in the SQLite run (`make test` runs both).
+    if ENGINE_KIND != "postgres":
+        postgres_only = [item for item in items if item.get_closest_marker("postgres")]
+        if postgres_only:
+            config.hook.pytest_deselected(items=postgres_only)
+            items[:] = [item for item in items if not item.get_closest_marker("postgres")]
 
 
 def database_name(url: str) -> str:
