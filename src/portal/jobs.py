@@ -8,11 +8,14 @@ running one twice, or late, does no harm.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 from arq import cron as arq_cron
 from arq.connections import RedisSettings
@@ -103,12 +106,50 @@ def registered_crons() -> list[CronJob]:
     return list(_CRONS.values())
 
 
-class InlineQueue:
-    """Runs jobs in this process: for one machine with nothing but Python."""
+class CronLock:
+    """An exclusive ``flock`` on a file: held by at most one process of the machine at a time, and released by
+    the kernel when that process ends, even by SIGKILL (issue 15: ``portal serve --workers N`` without Redis
+    runs the in-process cron jobs in one process only)."""
 
-    def __init__(self, settings: Settings, *, run_crons: bool = True) -> None:
+    #: How often a process without the lock tries to take it.
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free; True while this process holds it."""
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("ab")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class InlineQueue:
+    """Runs jobs in this process: for one machine with nothing but Python.
+
+    With ``cron_lock``, the cron jobs run only while this process holds that lock (several serving
+    processes on one machine: one of them runs them; another takes over if it dies).
+    """
+
+    def __init__(self, settings: Settings, *, run_crons: bool = True, cron_lock: Path | None = None) -> None:
         self.settings = settings
         self.run_crons = run_crons
+        self.cron_lock = CronLock(cron_lock) if cron_lock is not None else None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -119,16 +160,32 @@ class InlineQueue:
 
     async def start(self) -> None:
         log.info("no PORTAL_REDIS_URL: running background jobs inside the web process")
-        if self.run_crons:
-            self._loops = [
-                asyncio.create_task(self._cron_loop(c), name=f"cron:{c.name}") for c in _CRONS.values()
-            ]
+        if not self.run_crons:
+            return
+        if self.cron_lock is None:
+            self._start_crons()
+        else:
+            self._loops = [asyncio.create_task(self._wait_for_cron_lock(), name="cron-lock")]
+
+    def _start_crons(self) -> None:
+        self._loops.extend(
+            asyncio.create_task(self._cron_loop(c), name=f"cron:{c.name}") for c in _CRONS.values()
+        )
+
+    async def _wait_for_cron_lock(self) -> None:
+        assert self.cron_lock is not None
+        while not self.cron_lock.try_acquire():  # noqa: ASYNC110 - flock has no event to wait on
+            await asyncio.sleep(CronLock.RETRY_SECONDS)
+        log.info("this process (pid %d) runs the cron jobs (lock %s)", os.getpid(), self.cron_lock.path)
+        self._start_crons()
 
     async def stop(self) -> None:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops = []
+        if self.cron_lock is not None:
+            self.cron_lock.release()
         await self.drain()
 
     async def enqueue(self, name: str, *args: Any, job_id: str | None = None) -> bool:
@@ -196,11 +253,11 @@ class ArqQueue:
         return queued is not None
 
 
-def make_queue(settings: Settings) -> InlineQueue | ArqQueue:
-    """Redis when configured, else in-process."""
+def make_queue(settings: Settings, *, cron_lock: Path | None = None) -> InlineQueue | ArqQueue:
+    """Redis when configured, else in-process (cron jobs only while holding ``cron_lock``, if given)."""
     if settings.redis_url:
         return ArqQueue(settings.redis_url)
-    return InlineQueue(settings)
+    return InlineQueue(settings, cron_lock=cron_lock)
 
 
 # --- the arq worker (``portal worker``; ``workers/settings.py`` for arq's own command) ------------------
