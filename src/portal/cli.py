@@ -128,9 +128,9 @@ def worker(burst: bool) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    from portal.jobs import make_worker
+    from portal.jobs import run_worker
 
-    make_worker(settings, burst=burst).run()
+    run_worker(settings, burst=burst)
 
 
 @main.command()
