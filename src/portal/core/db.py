@@ -150,8 +150,12 @@ def _unavailable(exc: BaseException) -> bool:
     if module.startswith("asyncpg"):
         name = type(exc).__name__
         text = str(exc).lower()
-        return name in {"ConnectionDoesNotExistError", "ConnectionFailureError"} or (
-            name == "InterfaceError" and ("closed" in text or "closing" in text)
+        # InternalClientError "cannot switch to state ...; another operation is in progress": seen on a pooled
+        # connection the server dropped mid-query (PostgreSQL restarted under load).
+        return (
+            name in {"ConnectionDoesNotExistError", "ConnectionFailureError"}
+            or (name == "InterfaceError" and ("closed" in text or "closing" in text))
+            or (name == "InternalClientError" and "another operation" in text)
         )
     return False
 
