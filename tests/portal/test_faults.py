@@ -54,13 +54,16 @@ async def _admin_session(features: tuple[str, ...] = ("domain_verification",)) -
     return org, token
 
 
-async def _wait(condition: Any, what: str, timeout: float = 20.0, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait(condition: Any, what: str, seconds: float = 20.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + seconds
     while not await condition():
         if time.monotonic() > deadline:
-            detail = f"\n--- {log}:\n{log.read_text()[-4000:]}" if log else ""
-            raise AssertionError(f"timed out waiting for {what}{detail}")
+            raise AssertionError(f"timed out waiting for {what}{_tail(log)}")
         await asyncio.sleep(0.1)
+
+
+def _tail(log: Path | None) -> str:
+    return f"\n--- {log}:\n{log.read_text()[-4000:]}" if log else ""
 
 
 async def test_redis_stopped_pages_serve_jobs_wait_in_the_database_and_the_worker_reconnects(
