@@ -288,7 +288,7 @@ def start_portal(url: str, smtp_url: str, port: int, workers: int, data_dir: Pat
             "PORTAL_SECRET_KEY": SECRET,
             "PORTAL_DATA_DIR": str(data_dir),
             "PORTAL_POLICY_DIR": str(ROOT / "policies"),
-            "PORTAL_LOG_LEVEL": "WARNING",
+            "PORTAL_LOG_LEVEL": "INFO",
         }
     )
     command = [sys.executable, "-m", "portal.cli", "serve", "--port", str(port), "--workers", str(workers)]
@@ -382,6 +382,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if "Traceback" in serve_log:
         problems.append("traceback_in_server_log")
+    server_events = {
+        "workers_replaced": serve_log.count(" died"),
+        "unhandled_errors": serve_log.count("unhandled error"),
+        "requests_logged": serve_log.count("portal.request"),
+        "database_unavailable": serve_log.count("database unavailable"),
+    }
+    if problems:
+        print("\n".join(serve_log.splitlines()[-40:]), file=sys.stderr)
     return {
         "bench": "load",
         "seconds": round(elapsed, 1),
@@ -400,6 +408,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "database": checks,
+        "server": server_events,
         "ok": not problems,
         "problems": problems,
     }

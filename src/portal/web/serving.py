@@ -36,6 +36,11 @@ from portal.core.settings import Settings
 
 log = logging.getLogger("portal.serve")
 
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_SECONDS = 65
+#: Seconds a worker process may take to answer the supervisor's health ping before it is replaced.
+WORKER_HEALTHCHECK_SECONDS = 30
+
 
 class PortInUse(Exception):
     """The port is taken by another program (or another portal)."""
@@ -126,7 +131,14 @@ def uvicorn_config(settings: Settings, options: ServeOptions) -> uvicorn.Config:
         proxy_headers=options.proxy_headers,
         forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_graceful_shutdown=settings.shutdown_timeout,
-        log_level="warning",
+        # Longer than the idle timeout of the usual load balancers (60 s): otherwise the portal may close
+        # an idle keep-alive connection just as the balancer sends a request on it (a 502 for the user).
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # The supervisor pings each worker process and replaces one that does not answer in time; under a
+        # burst of load uvicorn's 5 s could replace a busy (not hung) worker and cut its requests.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+        # uvicorn's own lines (worker processes started, replaced, shutting down) at the portal's level.
+        log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
     )
