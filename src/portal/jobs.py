@@ -441,7 +441,7 @@ async def _relay_loop(pool: Any) -> None:
 
 
 #: Longest wait between two attempts to reach Redis again.
-RECONNECT_MAX_DELAY = 5.0
+RECONNECT_MAX_DELAY = 2.0
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
