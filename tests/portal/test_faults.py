@@ -34,6 +34,8 @@ pytestmark = [
     pytest.mark.skipif(
         ENGINE_KIND != "postgres", reason="runs in the PostgreSQL phase (make test runs both)"
     ),
+    # Each starts real servers; on a loaded CI machine that can take longer than the suite's 60 s default.
+    pytest.mark.timeout(120),
 ]
 
 _CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
