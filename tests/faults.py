@@ -140,12 +140,36 @@ def portal(env: dict[str, str], log: Path, *options: str) -> Iterator[Portal]:
 @contextmanager
 def worker(env: dict[str, str], log: Path) -> Iterator[Process]:
     """``portal worker``, yielded once it has started (its log says ``worker ready``)."""
-    process = Process(portal_command("worker"), env, log)
-    try:
-        wait_for(lambda: "worker ready" in process.output(), "portal worker to start", 30, log)
+    with workers(env, [log]) as (process,):
         yield process
+
+
+@contextmanager
+def workers(env: dict[str, str], logs: Sequence[Path]) -> Iterator[tuple[Process, ...]]:
+    """One ``portal worker`` per log, started at once (start-up is mostly imports), yielded when all are ready."""
+    processes = tuple(Process(portal_command("worker"), env, log) for log in logs)
+    try:
+        for process in processes:
+            wait_for(
+                lambda p=process: "worker ready" in p.output(), "portal worker to start", 30, process.log
+            )
+        yield processes
     finally:
-        process.stop()
+        for process in processes:
+            process.stop()
+
+
+@contextmanager
+def portal_and_worker(
+    env: dict[str, str], serve_log: Path, worker_log: Path
+) -> Iterator[tuple[Portal, Process]]:
+    """``portal serve`` and ``portal worker`` started side by side, yielded when both are ready."""
+    server = Portal(env, serve_log)
+    try:
+        with worker(env, worker_log) as process:
+            yield server.wait_ready(), process
+    finally:
+        server.stop()
 
 
 class RedisServer:

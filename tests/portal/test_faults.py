@@ -23,11 +23,21 @@ from piccolo.engine.base import Engine
 from portal.auth import sessions
 from portal.core import clock
 from portal.core import db as portal_db
+from portal.core.migrate import migrate
 from portal.core.tables import Domain, JobOutbox, Session, SessionEnd
 from tests.conftest import ENGINE_KIND
 from tests.dnsserver import LoopbackDNS
 from tests.factories import make_member, make_org, make_user
-from tests.faults import Portal, migrate, portal, portal_env, postgres_cluster, redis_server, wait_for, worker
+from tests.faults import (
+    Portal,
+    portal,
+    portal_and_worker,
+    portal_env,
+    postgres_cluster,
+    redis_server,
+    wait_for,
+    workers,
+)
 
 pytestmark = [
     pytest.mark.db,
@@ -91,7 +101,7 @@ async def test_redis_stopped_pages_serve_jobs_wait_in_the_database_and_the_worke
             PORTAL_DNS_TIMEOUT="2",
         )
         worker_log = tmp_path / "worker.log"
-        with portal(env, tmp_path / "serve.log") as server, worker(env, worker_log) as jobs:
+        with portal_and_worker(env, tmp_path / "serve.log", worker_log) as (server, jobs):
             async with httpx.AsyncClient(base_url=server.url, cookies={"portal_session": token}) as client:
                 assert (await client.get("/readyz")).json()["checks"] == {"database": "ok", "redis": "ok"}
 
@@ -174,8 +184,10 @@ async def test_a_worker_killed_mid_sweep_leaves_nothing_half_done_and_the_next_r
             env = portal_env(
                 tmp_path, database_url, PORTAL_REDIS_URL=redis.url, PORTAL_SESSION_SWEEP_INTERVAL="1"
             )
-            log = tmp_path / "worker-1.log"
-            with worker(env, log) as first:
+            log, log_2 = tmp_path / "worker-1.log", tmp_path / "worker-2.log"
+            # Two workers, started together (start-up is mostly imports): the first is killed mid-sweep, the
+            # second's next run finishes the work.
+            with workers(env, [log, log_2]) as (first, second):
 
                 async def blocked() -> bool:
                     # Not on the holder's connection: in a transaction, pg_stat_activity is a snapshot.
@@ -185,25 +197,33 @@ async def test_a_worker_killed_mid_sweep_leaves_nothing_half_done_and_the_next_r
                     )
                     return bool(waiting[0]["n"])
 
-                await _wait(blocked, "the sweep to reach the locked session", log=log)
+                async def first_mid_sweep() -> bool:
+                    # A sweep the first worker started cannot end while the lock is held: it is mid-way.
+                    return "→ cron:sweep_sessions()" in first.output() and await blocked()
+
+                await _wait(first_mid_sweep, "the first worker's sweep to reach the locked session", log=log)
                 first.signal(signal.SIGKILL)
                 first.wait(timeout=10)
-            await blocker.rollback()
-            await engine.pool.release(holder)
-            holder = None
 
-            # What the killed sweep left: every revoked session has its session_end (back-channel logout).
-            revoked = await Session.count().where(Session.revoked_at.is_not_null())
-            assert revoked in (0, 20_000)
-            assert await SessionEnd.count() == revoked
+                # What the killed sweep left: every revoked session has its session_end (back-channel
+                # logout), a batch is all or nothing (one statement: one snapshot).
+                counts = await Session.raw(
+                    "SELECT (SELECT count(*) FROM portal_session WHERE revoked_at IS NOT NULL) AS revoked, "
+                    "(SELECT count(*) FROM session_end) AS ended"
+                )
+                assert counts[0]["revoked"] in (0, 20_000)
+                assert counts[0]["ended"] == counts[0]["revoked"]
 
-            with worker(env, tmp_path / "worker-2.log"):
+                await blocker.rollback()
+                await engine.pool.release(holder)
+                holder = None
 
                 async def swept() -> bool:
                     return await Session.count().where(Session.revoked_at.is_null()) == 0
 
-                await _wait(swept, "the next sweep to finish", log=tmp_path / "worker-2.log")
+                await _wait(swept, "the next sweep to finish", log=log_2)
                 await asyncio.sleep(1.2)  # another run: nothing more may happen
+                assert second.popen.poll() is None
             ends = await SessionEnd.raw(
                 "SELECT count(*) AS n, count(DISTINCT session_id) AS d FROM session_end"
             )
@@ -232,11 +252,12 @@ async def test_postgres_restarted_under_load_503_while_down_then_success_without
 ) -> None:
     with postgres_cluster() as cluster:
         env = portal_env(tmp_path, cluster.url)
-        migrate(env)
-        # Data in the throwaway cluster: bind it for a moment, then give the tests their engine back.
+        # Migrate and seed the throwaway cluster in this process (no extra start-up of a `portal migrate`):
+        # bind it for a moment, then give the tests their engine back.
         other = portal_db.bind(portal_db.make_engine(cluster.url))
         await portal_db.start(other)
         try:
+            await migrate()
             _org, token = await _admin_session()
         finally:
             await portal_db.stop(other)
