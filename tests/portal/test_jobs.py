@@ -16,7 +16,7 @@ from portal.auth.maintenance import purge_login_records, purge_revoked_sessions
 from portal.cli import main
 from portal.core import clock
 from portal.core.settings import Settings
-from portal.core.tables import LoginChallenge, RateEvent, Session
+from portal.core.tables import JobOutbox, LoginChallenge, RateEvent, Session
 from portal.jobs import (
     ArqQueue,
     CronJob,
@@ -27,7 +27,7 @@ from portal.jobs import (
     registered_crons,
     schedule,
 )
-from tests.conftest import empty_redis, run_burst_worker
+from tests.conftest import empty_redis, free_port, run_burst_worker
 from tests.factories import make_user
 
 CALLS: list[tuple[str, Any]] = []
@@ -138,6 +138,28 @@ async def test_arq_worker_runs_enqueued_jobs_once_per_id(redis_settings: Setting
     await run_burst_worker(worker, db)
     assert sorted(v for _, v in CALLS) == ["a", "b"]
     assert worker.jobs_complete == 2
+
+
+async def test_jobs_enqueued_while_redis_is_down_wait_in_the_database_for_a_worker(
+    redis_settings: Settings, db: Engine
+) -> None:
+    """Issue 15: an enqueue that cannot reach Redis keeps the job in ``job_outbox`` (deduplicated by id);
+    a worker connected to Redis queues and runs it."""
+    down = ArqQueue(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    assert await down.enqueue("test_record", "kept", job_id="verify:dom_kept")
+    assert not await down.enqueue("test_record", "twice", job_id="verify:dom_kept")  # already kept
+    assert await down.enqueue("test_record", "no id")
+    kept = await JobOutbox.select(JobOutbox.name, JobOutbox.job_id).order_by(JobOutbox.id)
+    assert kept == [
+        {"name": "test_record", "job_id": "verify:dom_kept"},
+        {"name": "test_record", "job_id": ""},
+    ]
+    worker = make_worker(
+        redis_settings, jobs={"test_record": record}, crons=[], burst=True, poll_delay=0, handle_signals=False
+    )
+    await run_burst_worker(worker, db)
+    assert sorted(v for _, v in CALLS) == ["kept", "no id"]
+    assert await JobOutbox.count() == 0
 
 
 async def test_maintenance_purges_old_login_records(settings: Settings, db: Engine) -> None:
