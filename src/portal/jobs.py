@@ -228,6 +228,10 @@ def redis_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError)
 
 
+#: Seconds an enqueue may wait for Redis before the job goes to the outbox instead.
+ENQUEUE_TIMEOUT = 3.0
+
+
 class ArqQueue:
     """Enqueues into Redis for ``portal worker`` processes (arq).
 
@@ -264,8 +268,11 @@ class ArqQueue:
 
     async def enqueue(self, name: str, *args: Any, job_id: str | None = None) -> bool:
         try:
-            pool = await self._connect()
-            queued = await pool.enqueue_job(name, *args, _job_id=job_id)
+            # A Redis that accepts connections but does not answer (stopped with SIGSTOP, a network
+            # partition) must not hold the request either.
+            async with asyncio.timeout(ENQUEUE_TIMEOUT):
+                pool = await self._connect()
+                queued = await pool.enqueue_job(name, *args, _job_id=job_id)
         except Exception as exc:
             if not redis_unreachable(exc):
                 raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +20,7 @@ from portal.core import clock
 from portal.core.settings import Settings
 from portal.core.tables import JobOutbox, LoginChallenge, RateEvent, Session
 from portal.jobs import (
+    ENQUEUE_TIMEOUT,
     ArqQueue,
     CronJob,
     InlineQueue,
@@ -160,6 +163,18 @@ async def test_jobs_enqueued_while_redis_is_down_wait_in_the_database_for_a_work
     await run_burst_worker(worker, db)
     assert sorted(v for _, v in CALLS) == ["kept", "no id"]
     assert await JobOutbox.count() == 0
+
+
+async def test_a_redis_that_does_not_answer_does_not_hold_the_enqueue(db: Engine) -> None:
+    """A listener that accepts connections and never replies (a stopped or partitioned Redis)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        queue = ArqQueue(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        assert await queue.enqueue("test_record", "kept")
+        assert time.monotonic() - started < ENQUEUE_TIMEOUT + 2
+    assert await JobOutbox.count() == 1
 
 
 async def test_maintenance_purges_old_login_records(settings: Settings, db: Engine) -> None:
