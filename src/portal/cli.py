@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -72,33 +71,49 @@ def migrate() -> None:
 
 
 @main.command()
-@click.option("--host", default=None, help="Interface to bind (default PORTAL_HOST).")
-@click.option("--port", default=None, type=int, help="Port (default PORTAL_PORT).")
-def serve(host: str | None, port: int | None) -> None:
-    """Serve the portal with uvicorn."""
-    import uvicorn
+@click.option("--host", default=None, help="Interface to bind (default PORTAL_HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default PORTAL_PORT, 8000).")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Serving processes (default WEB_CONCURRENCY, else 1); one per core is a good start.",
+)
+@click.option(
+    "--proxy-headers",
+    is_flag=True,
+    help="Believe X-Forwarded-For/-Proto from PORTAL_TRUSTED_PROXIES peers (behind a load balancer).",
+)
+def serve(host: str | None, port: int | None, workers: int | None, proxy_headers: bool) -> None:
+    """Serve the portal (uvicorn with uvloop and httptools); SIGTERM stops it gracefully."""
+    import msgspec
 
-    from portal.web.app import create_app, reload_policy
+    from portal.web import serving
 
-    settings = ensure_secret_key(_settings())
-    policy = _policy(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    settings = _settings()
+    if port is not None and "PORTAL_PUBLIC_URL" not in os.environ:
+        # issue 16: an unset public URL follows the port.
+        settings = msgspec.structs.replace(settings, port=port, public_url=f"http://localhost:{port}")
+    settings = ensure_secret_key(settings)
+    _policy(settings)  # refuse a broken policy here, with its problems, before any process starts
+    try:
+        count = serving.workers_from(workers, os.environ)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    options = serving.ServeOptions(
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=count,
+        proxy_headers=proxy_headers,
     )
-    app = create_app(settings, policy=policy)
-
-    async def reload_on_sighup() -> None:
-        # `kill -HUP <pid>` re-reads the policy files (in the event loop, between requests); a policy with
-        # problems is refused and the one in force stays.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_policy, policy)
-
-    app.on_startup.append(reload_on_sighup)
-    click.echo(
-        f"Portal serving on http://{host or settings.host}:{port or settings.port} (public URL {settings.origin})"
-    )
-    uvicorn.run(
-        app, host=host or settings.host, port=port or settings.port, log_level="warning", access_log=False
-    )
+    where = f"http://{options.host}:{options.port}"
+    try:
+        sock = serving.bind_socket(options.host, options.port)
+    except serving.PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
+    processes = f"{count} processes" if count > 1 else "1 process"
+    click.echo(f"Portal serving on {where} (public URL {settings.origin}; {processes})")
+    serving.run(settings, options, sock)
 
 
 @main.command()
@@ -113,9 +128,9 @@ def worker(burst: bool) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    from portal.jobs import make_worker
+    from portal.jobs import run_worker
 
-    make_worker(settings, burst=burst).run()
+    run_worker(settings, burst=burst)
 
 
 @main.command()

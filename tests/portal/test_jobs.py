@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -16,8 +18,9 @@ from portal.auth.maintenance import purge_login_records, purge_revoked_sessions
 from portal.cli import main
 from portal.core import clock
 from portal.core.settings import Settings
-from portal.core.tables import LoginChallenge, RateEvent, Session
+from portal.core.tables import JobOutbox, LoginChallenge, RateEvent, Session
 from portal.jobs import (
+    ENQUEUE_TIMEOUT,
     ArqQueue,
     CronJob,
     InlineQueue,
@@ -27,7 +30,7 @@ from portal.jobs import (
     registered_crons,
     schedule,
 )
-from tests.conftest import empty_redis, run_burst_worker
+from tests.conftest import empty_redis, free_port, run_burst_worker
 from tests.factories import make_user
 
 CALLS: list[tuple[str, Any]] = []
@@ -138,6 +141,40 @@ async def test_arq_worker_runs_enqueued_jobs_once_per_id(redis_settings: Setting
     await run_burst_worker(worker, db)
     assert sorted(v for _, v in CALLS) == ["a", "b"]
     assert worker.jobs_complete == 2
+
+
+async def test_jobs_enqueued_while_redis_is_down_wait_in_the_database_for_a_worker(
+    redis_settings: Settings, db: Engine
+) -> None:
+    """Issue 15: an enqueue that cannot reach Redis keeps the job in ``job_outbox`` (deduplicated by id);
+    a worker connected to Redis queues and runs it."""
+    down = ArqQueue(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    assert await down.enqueue("test_record", "kept", job_id="verify:dom_kept")
+    assert not await down.enqueue("test_record", "twice", job_id="verify:dom_kept")  # already kept
+    assert await down.enqueue("test_record", "no id")
+    kept = await JobOutbox.select(JobOutbox.name, JobOutbox.job_id).order_by(JobOutbox.id)
+    assert kept == [
+        {"name": "test_record", "job_id": "verify:dom_kept"},
+        {"name": "test_record", "job_id": ""},
+    ]
+    worker = make_worker(
+        redis_settings, jobs={"test_record": record}, crons=[], burst=True, poll_delay=0, handle_signals=False
+    )
+    await run_burst_worker(worker, db)
+    assert sorted(v for _, v in CALLS) == ["kept", "no id"]
+    assert await JobOutbox.count() == 0
+
+
+async def test_a_redis_that_does_not_answer_does_not_hold_the_enqueue(db: Engine) -> None:
+    """A listener that accepts connections and never replies (a stopped or partitioned Redis)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        queue = ArqQueue(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        assert await queue.enqueue("test_record", "kept")
+        assert time.monotonic() - started < ENQUEUE_TIMEOUT + 2
+    assert await JobOutbox.count() == 1
 
 
 async def test_maintenance_purges_old_login_records(settings: Settings, db: Engine) -> None:

@@ -161,6 +161,10 @@ async def revoke(session_id: str, reason: str) -> None:
     await ended([(row["id"], row["user"]) for row in revoked], reason)
 
 
+#: session_end rows per INSERT statement (5 values each).
+_ENDED_PER_INSERT = 5000
+
+
 async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id: str | None = None) -> None:
     """THE one place a session's end is announced: every code path that ends sessions (sign-out, expiry on a
     request or by the sweep, session policy, Security's revoke, ``/oauth/logout``) calls it with the
@@ -173,18 +177,20 @@ async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id
     if not sessions:
         return
     now = clock.utcnow()
-    await SessionEnd.insert(
-        *(
-            SessionEnd(
-                session_id=session_id,
-                user_id=user_id,
-                organization_id=organization_id,
-                reason=reason,
-                at=now,
+    # In slices: one INSERT may bind at most 32,767 values on PostgreSQL, and a sweep batch ends 20,000.
+    for start in range(0, len(sessions), _ENDED_PER_INSERT):
+        await SessionEnd.insert(
+            *(
+                SessionEnd(
+                    session_id=session_id,
+                    user_id=user_id,
+                    organization_id=organization_id,
+                    reason=reason,
+                    at=now,
+                )
+                for session_id, user_id in sessions[start : start + _ENDED_PER_INSERT]
             )
-            for session_id, user_id in sessions
         )
-    )
 
 
 async def set_active_organization(session_id: str, organization_id: str | None) -> None:

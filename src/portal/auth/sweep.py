@@ -23,7 +23,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from portal.auth import sessions
 from portal.auth.sessions import Timeouts
-from portal.core import clock
+from portal.core import clock, db
 from portal.core.settings import Settings
 from portal.core.tables import Session
 
@@ -163,12 +163,16 @@ async def sweep_expired(
     counts = {"absolute": 0, "idle": 0}
     batches = 0
     while True:
-        rows = await Session.raw(sql, *args)
+        # issue 15: a batch's revocations and their session_end rows (back-channel logout) commit together,
+        # so a sweep killed mid-way leaves no session revoked without its logout; the next sweep does the
+        # rest.
+        async with db.write_transaction(Session._meta.db):
+            rows = await Session.raw(sql, *args)
+            for reason in ("absolute", "idle"):
+                await sessions.ended([(r["id"], r["user_id"]) for r in rows if r["reason"] == reason], reason)
         batches += 1
         for row in rows:
             counts[row["reason"]] += 1
-        for reason in ("absolute", "idle"):
-            await sessions.ended([(r["id"], r["user_id"]) for r in rows if r["reason"] == reason], reason)
         if len(rows) < batch_size:
             break
     result = SweepResult(absolute=counts["absolute"], idle=counts["idle"], batches=batches)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,22 @@ def current_engine() -> Engine[Any]:
 async def start(engine: Engine[Any]) -> bool:
     """Open the connection pool (PostgreSQL) unless one is open; True if this call opened it."""
     if isinstance(engine, PostgresEngine) and engine.pool is None:
-        await engine.start_connection_pool(min_size=1, max_size=10, reset=_no_session_reset)
+        options: dict[str, Any] = {"max_size": 10, "reset": _no_session_reset, "timeout": CONNECT_TIMEOUT}
+        try:
+            await engine.start_connection_pool(min_size=1, **options)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # issue 15: a database that is down at start-up must not keep the portal from starting; pages
+            # answer 503 (and /readyz says why) until it is back, then the pool connects on demand.
+            log.warning("the database is not answering (%s: %s); starting anyway", type(exc).__name__, exc)
+            await engine.start_connection_pool(min_size=0, **options)
         return True
     return False
+
+
+#: Seconds to wait for a new database connection (asyncpg's default is 60).
+CONNECT_TIMEOUT = 5.0
 
 
 async def _no_session_reset(connection: Any) -> None:
@@ -91,9 +105,62 @@ def json_value(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+#: How long ``/readyz`` waits for the database before calling it down.
+PING_TIMEOUT = 3.0
+
+
 async def ping(engine: Engine[Any]) -> None:
-    """Raise if the database does not answer."""
-    await engine.run_ddl("SELECT 1")
+    """Raise if the database does not answer (within :data:`PING_TIMEOUT`)."""
+    async with asyncio.timeout(PING_TIMEOUT):
+        await engine.run_ddl("SELECT 1")
+
+
+# --- issue 15: serving through faults
+#: SQLSTATE classes and codes meaning "the server is not there right now": 08 connection exceptions, 57P01
+#: admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now (starting up or shutting down).
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+_SQLITE_UNAVAILABLE = ("database is locked", "unable to open database file", "disk i/o error")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) says the database cannot be reached at the moment, as opposed
+    to a bug or bad data: refused or dropped connections, a server shutting down or starting up, a pool
+    closed under us, a timeout. Pages then answer 503 and the next request tries again."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _unavailable(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return str(exc).lower().startswith(_SQLITE_UNAVAILABLE)
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return True
+    # asyncpg's InterfaceError family without a SQLSTATE: "connection is closed", "pool is closing",
+    # ConnectionDoesNotExistError (recognised by module, without importing asyncpg on SQLite installs).
+    module = type(exc).__module__
+    if module.startswith("asyncpg"):
+        name = type(exc).__name__
+        text = str(exc).lower()
+        # InternalClientError "cannot switch to state ...; another operation is in progress": seen on a pooled
+        # connection the server dropped mid-query (PostgreSQL restarted under load).
+        return (
+            name in {"ConnectionDoesNotExistError", "ConnectionFailureError"}
+            or (name == "InterfaceError" and ("closed" in text or "closing" in text))
+            or (name == "InternalClientError" and "another operation" in text)
+        )
+    return False
+
+
+# --- end issue 15: serving through faults
 
 
 # --- shared by the settings and members widgets ------------------------------------------------------------

@@ -100,6 +100,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_logout_interval: Seconds = 5
     # --- end issue 10: oidc
 
+    # --- issue 15: serving
+    #: Peers (IPs or CIDRs) whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` ``portal serve --proxy-headers``
+    #: believes; a request from any other peer keeps its own address, whatever it sends.
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
+    #: On SIGTERM, how long requests in flight may take to finish before they are cut.
+    shutdown_timeout: Seconds = 30
+    # --- end issue 15: serving
+
     def __post_init__(self) -> None:
         scheme = urlsplit(self.database_url).scheme
         if scheme not in {"sqlite", "postgres", "postgresql"}:
@@ -128,6 +136,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             except ValueError:
                 raise SettingsError("dns_nameservers", f"{address!r} is not an IP address") from None
         # --- end domains widget
+        # --- issue 15: serving
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    "trusted_proxies", f"{network!r} is not an IP address or network (CIDR)"
+                ) from None
+        # --- end issue 15: serving
 
     @property
     def secure(self) -> bool:
@@ -166,7 +183,7 @@ def _parse(field: str, annotation: Any, raw: str) -> Any:
 
 _OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url", "guides_dir"}
 #: Comma-separated list settings.
-_LISTS = {"dns_nameservers", "previous_secret_keys"}
+_LISTS = {"dns_nameservers", "previous_secret_keys", "trusted_proxies"}
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -188,6 +205,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raw = environ.get(PREFIX + f.name.upper())
         if raw is not None:
             values[f.name] = _parse(f.name, annotations[f.name], raw)
+    # issue 16: an unset public URL follows the port (mails, `portal demo` and passkeys then name the
+    # address the portal really answers on).
+    if "public_url" not in values and "port" in values:
+        values["public_url"] = f"http://localhost:{values['port']}"
     try:
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:

@@ -453,6 +453,24 @@ class SsoAssertion(Table, tablename="sso_assertion"):
 # --- end issue 12: sso
 
 
+# --- issue 15: serving (portal_0015)
+class JobOutbox(Table, tablename="job_outbox"):
+    """A job that could not be handed to Redis (it was down): ``portal worker`` queues it when Redis is back,
+    so that nothing enqueued during an outage is lost."""
+
+    id = BigSerial(primary_key=True)
+    #: The registered job name.
+    name = Varchar(length=100)
+    #: The job's positional arguments (JSON list; jobs take ids).
+    args = JSON(default=[])
+    #: The deduplicating job id it was enqueued with, if any ("" for none).
+    job_id = Varchar(length=200, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+# --- end issue 15: serving
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -473,6 +491,7 @@ TABLES: tuple[type[Table], ...] = (
     SsoConnection,  # issue 12: sso
     SsoRequest,
     SsoAssertion,
+    JobOutbox,  # issue 15: serving
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

@@ -13,9 +13,10 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from portal.core import db
 from portal.core.settings import Settings
 
 log = logging.getLogger("portal.request")
@@ -99,7 +100,10 @@ _TITLES = {
     413: "Request too large",
     429: "Too many requests",
     500: "Something went wrong",
+    503: "Temporarily unavailable",
 }
+#: Seconds a client is asked to wait when the database is not answering.
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 def error_response(request: Request[Any, Any, Any], status: int, detail: str, **extra: Any) -> Response[Any]:
@@ -137,8 +141,20 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Unexpected errors: logged with the request id; the user sees only that id."""
+    """Unexpected errors: logged with the request id; the user sees only that id. The database being out of
+    reach is not a bug: a 503 saying so, with Retry-After, and one log line without a traceback."""
     request_id = request_id_of(request.scope)
+    if db.is_unavailable(exc):
+        logging.getLogger("portal.error").warning(
+            "database unavailable request_id=%s: %s: %s", request_id, type(exc).__name__, exc
+        )
+        response = error_response(
+            request,
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "The portal cannot reach its database at the moment; please try again in a few seconds.",
+        )
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+        return response
     logging.getLogger("portal.error").exception("unhandled error request_id=%s", request_id, exc_info=exc)
     return error_response(
         request,

@@ -306,6 +306,21 @@ async def fail_overdue(settings: Settings, report: CheckReport, *, batch_size: i
             return
 
 
+async def fail_claims_of_verified_domains(report: CheckReport) -> None:
+    """Fail the pending claims to domains another organization has verified (issue 15). They are failed in a
+    second transaction right after the verification; a check killed between the two would otherwise leave
+    them pending until their window closed, with the wrong reason."""
+    async with db.write_transaction():
+        claims = await _lock_rows(
+            [],
+            where=(Domain.status == "pending")
+            & Domain.domain.is_in(
+                Domain.select(Domain.verified_domain).where(Domain.verified_domain.is_not_null())
+            ),
+        )
+        await _fail(claims, TAKEN, clock.utcnow(), report, count_as="claims_failed", checked=False)
+
+
 async def check_pending_domains(
     settings: Settings, *, batch_size: int = BATCH_SIZE, concurrency: int = CONCURRENCY
 ) -> CheckReport:
@@ -317,6 +332,7 @@ async def check_pending_domains(
     """
     report = CheckReport()
     await fail_overdue(settings, report, batch_size=batch_size)
+    await fail_claims_of_verified_domains(report)
     resolver = verification.make_resolver(settings)
     todo: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=batch_size)
     done: asyncio.Queue[tuple[dict[str, Any], Lookup] | None] = asyncio.Queue()

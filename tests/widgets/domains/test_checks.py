@@ -204,6 +204,31 @@ async def test_first_claim_wins_when_two_organizations_publish_their_records(
     assert all(e["details"] == {"domain": "example.com", "reason": TAKEN} for e in failed)
 
 
+async def test_claims_left_pending_by_an_interrupted_check_fail_at_the_next_one(
+    settings: Settings, dns_server: LoopbackDNS, zone: Zone, orgs: list[dict[str, Any]]
+) -> None:
+    """A check killed between its two transactions (the verification committed, the other claims not yet
+    failed): the next run fails those claims, without looking them up, and audits each once."""
+    settings = dns_server.settings(settings)
+    owner = await claim(orgs[0], "example.org", age=timedelta(hours=2))
+    other = await claim(orgs[1], "example.org", age=timedelta(hours=1))
+    unrelated = await claim(orgs[2], "unrelated.example")
+    now = clock.utcnow()
+    await Domain.update(
+        {Domain.status: "verified", Domain.verified_domain: "example.org", Domain.verified_at: now}
+    ).where(Domain.id == owner["id"])
+
+    report = await check_pending_domains(settings)
+    assert report.claims_failed == 1
+    row = await reread(other["id"])
+    assert (row["status"], row["failure_reason"]) == ("failed", TAKEN)
+    assert (await reread(unrelated["id"]))["status"] == "pending"
+    assert [e["target"] for e in await events("domain.failed")] == [other["id"]]
+    again = await check_pending_domains(settings)
+    assert again.claims_failed == 0
+    assert len(await events("domain.failed")) == 1
+
+
 async def test_concurrent_checks_leave_exactly_one_owner(
     settings: Settings, dns_server: LoopbackDNS, zone: Zone, orgs: list[dict[str, Any]]
 ) -> None:
