@@ -166,17 +166,23 @@ def create_app(
             {"settings": settings, "engine": engine, "policy": policy, "registry": registry, "jobs": queue}
         ),
         lifespan=[lifespan],
-        before_send=[security_headers(settings)],
         exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
         template_config=template_config,
         logging_config=LoggingConfig(
-            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            # Log lines written in batches by a background thread (portal.core.logs): the default queue
+            # handler costs a thread switch per line, and every request logs one.
+            handlers={"portal": {"class": "portal.core.logs.BatchingHandler", "formatter": "standard"}},
+            loggers={"litestar": {"level": "INFO", "handlers": ["portal"], "propagate": False}},
+            root={"level": settings.log_level.upper(), "handlers": ["portal"]},
             log_exceptions="never",
             disable_stack_trace={404, 401, 403, 405, 429},
         ),
         openapi_config=None,
         debug=False,
     )
-    # Outermost, so that unmatched paths (404 before any route middleware) get an id and a log line too.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    # Outermost, so that unmatched paths (404 before any route middleware) get an id, the security headers and
+    # a log line too.
+    app.asgi_handler = RequestLogMiddleware(
+        db.ConnectionPerRequest(app.asgi_handler), security_headers(settings)
+    )
     return app

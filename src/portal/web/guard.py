@@ -147,8 +147,11 @@ def describe_denial(decision: Decision) -> str:
     return f"Your role does not include the permission {decision.missing}. Ask an administrator for access."
 
 
-def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The one guard (STYLE.md): routes declare ``public``, ``authenticated`` or a ``permission``; else fail closed."""
+async def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The one guard (STYLE.md): routes declare ``public``, ``authenticated`` or a ``permission``; else fail closed.
+
+    A coroutine although it never awaits: Litestar runs a synchronous guard in a worker thread, a thread hop on
+    every request."""
     opt = handler.opt
     if opt.get("public"):
         return
