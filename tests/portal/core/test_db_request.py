@@ -133,3 +133,16 @@ async def test_outside_a_request_each_query_uses_the_pool(db: Engine) -> None:
     before = _in_use(engine)
     await _pid()
     assert _in_use(engine) == before  # nothing held between queries
+
+
+async def test_fetch_answers_like_piccolo_raw(db: Engine) -> None:
+    # Both engines: asyncpg straight on PostgreSQL, piccolo's Table.raw otherwise.
+    for name in ("acme", "beta", "gamma"):
+        await Organization.insert(Organization(name=name, display_name=name.title()))
+    sql = "SELECT name, display_name FROM organization WHERE name >= {} AND name < {} ORDER BY name"
+    rows = await portal_db.fetch(sql, "b", "h")
+    assert rows == [{"name": "beta", "display_name": "Beta"}, {"name": "gamma", "display_name": "Gamma"}]
+    assert rows == await Organization.raw(sql, "b", "h")
+    async with db.transaction():  # inside a transaction: piccolo's path, on the transaction's connection
+        await Organization.insert(Organization(name="delta", display_name="Delta"))
+        assert [r["name"] for r in await portal_db.fetch(sql, "b", "h")] == ["beta", "delta", "gamma"]
