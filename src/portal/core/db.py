@@ -128,6 +128,15 @@ async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
     return result
 
 
+async def release_request_connection() -> None:
+    """Give the request's connection back to the pool now (the app calls it when the handler has returned, so
+    that rendering the page does not keep a connection from the next request); a later query checks one out
+    again."""
+    held = _HELD.get()
+    if held is not None and not held.busy:
+        await held.release()
+
+
 class ConnectionPerRequest:
     """Pure ASGI: each HTTP request reuses one pooled connection for its queries (see above)."""
 

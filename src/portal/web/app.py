@@ -84,6 +84,13 @@ async def _ping_redis(url: str) -> str:
         await client.aclose()
 
 
+async def release_connection(response: Response[Any]) -> Response[Any]:
+    """``after_request``: the handler is done with the database; the page renders without holding a pooled
+    connection (see db.ConnectionPerRequest)."""
+    await db.release_request_connection()
+    return response
+
+
 def template_dirs(registry: WidgetRegistry) -> list[Path | PathLike[Any] | str]:
     """The shell's templates, then each widget package's ``templates/`` (namespaced by widget)."""
     dirs: list[Path | PathLike[Any] | str] = [PACKAGE_DIR / "templates"]
@@ -166,6 +173,7 @@ def create_app(
             {"settings": settings, "engine": engine, "policy": policy, "registry": registry, "jobs": queue}
         ),
         lifespan=[lifespan],
+        after_request=release_connection,
         exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
         template_config=template_config,
         logging_config=LoggingConfig(

@@ -146,3 +146,22 @@ async def test_fetch_answers_like_piccolo_raw(db: Engine) -> None:
     async with db.transaction():  # inside a transaction: piccolo's path, on the transaction's connection
         await Organization.insert(Organization(name="delta", display_name="Delta"))
         assert [r["name"] for r in await portal_db.fetch(sql, "b", "h")] == ["beta", "delta", "gamma"]
+
+
+async def test_the_connection_can_go_back_before_the_request_ends(db: Engine) -> None:
+    # The app gives it back when the handler returns (after_request), so rendering holds no connection.
+    engine = _postgres(db)
+    before = _in_use(engine)
+    in_use: list[int] = []
+
+    async def handler() -> None:
+        await _pid()
+        in_use.append(_in_use(engine))
+        await portal_db.release_request_connection()
+        in_use.append(_in_use(engine))
+        await _pid()  # a later query checks one out again
+        in_use.append(_in_use(engine))
+
+    await _request(handler)
+    assert in_use == [before + 1, before, before + 1]
+    assert _in_use(engine) == before
