@@ -134,7 +134,7 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
     """Look up the cookie's session; revoke it on the spot if it has run out (DESIGN §5)."""
     if not token or len(token) > 200:
         return Resolved(None, None, None)
-    rows = await Session.raw(_RESOLVE, hash_secret(token))
+    rows = await db.fetch(_RESOLVE, hash_secret(token))
     if not rows or rows[0]["s__revoked_at"] is not None:
         return Resolved(None, None, None)
     row = rows[0]

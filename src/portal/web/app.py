@@ -84,6 +84,13 @@ async def _ping_redis(url: str) -> str:
         await client.aclose()
 
 
+async def release_connection(response: Response[Any]) -> Response[Any]:
+    """``after_request``: the handler is done with the database; the page renders without holding a pooled
+    connection (see db.ConnectionPerRequest)."""
+    await db.release_request_connection()
+    return response
+
+
 def template_dirs(registry: WidgetRegistry) -> list[Path | PathLike[Any] | str]:
     """The shell's templates, then each widget package's ``templates/`` (namespaced by widget)."""
     dirs: list[Path | PathLike[Any] | str] = [PACKAGE_DIR / "templates"]
@@ -166,17 +173,24 @@ def create_app(
             {"settings": settings, "engine": engine, "policy": policy, "registry": registry, "jobs": queue}
         ),
         lifespan=[lifespan],
-        before_send=[security_headers(settings)],
+        after_request=release_connection,
         exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
         template_config=template_config,
         logging_config=LoggingConfig(
-            root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            # Log lines written in batches by a background thread (portal.core.logs): the default queue
+            # handler costs a thread switch per line, and every request logs one.
+            handlers={"portal": {"class": "portal.core.logs.BatchingHandler", "formatter": "standard"}},
+            loggers={"litestar": {"level": "INFO", "handlers": ["portal"], "propagate": False}},
+            root={"level": settings.log_level.upper(), "handlers": ["portal"]},
             log_exceptions="never",
             disable_stack_trace={404, 401, 403, 405, 429},
         ),
         openapi_config=None,
         debug=False,
     )
-    # Outermost, so that unmatched paths (404 before any route middleware) get an id and a log line too.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    # Outermost, so that unmatched paths (404 before any route middleware) get an id, the security headers and
+    # a log line too.
+    app.asgi_handler = RequestLogMiddleware(
+        db.ConnectionPerRequest(app.asgi_handler), security_headers(settings)
+    )
     return app

@@ -16,7 +16,6 @@ from policy import Decision, Feature, Permission, PolicyEngine
 from portal.auth import sessions
 from portal.core import db
 from portal.core.settings import Settings
-from portal.core.tables import Membership
 
 #: Paths that never need a session; skipping them saves the session query.
 UNAUTHENTICATED_PREFIXES = ("/static/", "/healthz", "/readyz")
@@ -60,7 +59,7 @@ async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None,
     resolved = await sessions.resolve(settings, token)
     if resolved.session is None or resolved.user is None:
         return None, resolved.expired
-    rows = await Membership.raw(_MEMBERSHIPS, resolved.user["id"])
+    rows = await db.fetch(_MEMBERSHIPS, resolved.user["id"])
     organization = resolved.organization
     roles: tuple[str, ...] | None = None
     features: frozenset[str] = frozenset()
@@ -147,8 +146,11 @@ def describe_denial(decision: Decision) -> str:
     return f"Your role does not include the permission {decision.missing}. Ask an administrator for access."
 
 
-def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """The one guard (STYLE.md): routes declare ``public``, ``authenticated`` or a ``permission``; else fail closed."""
+async def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The one guard (STYLE.md): routes declare ``public``, ``authenticated`` or a ``permission``; else fail closed.
+
+    A coroutine although it never awaits: Litestar runs a synchronous guard in a worker thread, a thread hop on
+    every request."""
     opt = handler.opt
     if opt.get("public"):
         return

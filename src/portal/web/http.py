@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import secrets
+import random
 import time
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from litestar import MediaType, Request, Response
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
@@ -29,17 +28,36 @@ def request_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", "-"))
 
 
-class RequestLogMiddleware:
-    """Give each HTTP request an id (``X-Request-Id``) and log one line when its response starts."""
+def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    """DESIGN §8's headers, encoded once: :class:`RequestLogMiddleware` puts them on every response."""
+    headers = {
+        "content-security-policy": CSP,
+        "x-frame-options": "DENY",
+        "referrer-policy": "same-origin",
+        "x-content-type-options": "nosniff",
+        "cross-origin-opener-policy": "same-origin",
+    }
+    if settings.secure:
+        headers["strict-transport-security"] = "max-age=63072000; includeSubDomains"
+    return [(name.encode(), value.encode()) for name, value in headers.items()]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RequestLogMiddleware:
+    """The outermost layer, plain ASGI: give each HTTP request an id (``X-Request-Id``), put the security
+    headers on every response (errors and unmatched paths included), and log one line when the response
+    starts."""
+
+    def __init__(self, app: ASGIApp, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.app = app
+        self.headers = headers or []
+        self.names = {name for name, _ in self.headers}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        request_id = secrets.token_hex(8)
+        # An id to quote, not a secret: Python's PRNG saves a system call per request.
+        request_id = f"{random.getrandbits(64):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -48,7 +66,13 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableScopeHeaders.from_message(message)["X-Request-Id"] = request_id
+                headers = cast("list[tuple[bytes, bytes]]", message.setdefault("headers", []))
+                names = self.names
+                if any(name.lower() in names for name, _ in headers):
+                    # A response that set one of these itself: ours replace it.
+                    headers[:] = [(n, v) for n, v in headers if n.lower() not in names]
+                headers.extend(self.headers)
+                headers.append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
@@ -62,27 +86,6 @@ class RequestLogMiddleware:
                 (time.perf_counter() - started) * 1000,
                 request_id,
             )
-
-
-def security_headers(settings: Settings) -> Any:
-    """A ``before_send`` hook that puts DESIGN §8's headers on every response, errors included."""
-    headers = {
-        "Content-Security-Policy": CSP,
-        "X-Frame-Options": "DENY",
-        "Referrer-Policy": "same-origin",
-        "X-Content-Type-Options": "nosniff",
-        "Cross-Origin-Opener-Policy": "same-origin",
-    }
-    if settings.secure:
-        headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
-
-    async def before_send(message: Message, scope: Scope) -> None:
-        if message["type"] == "http.response.start":
-            out = MutableScopeHeaders.from_message(message)
-            for name, value in headers.items():
-                out[name] = value
-
-    return before_send
 
 
 def wants_html(request: Request[Any, Any, Any]) -> bool:

@@ -274,7 +274,7 @@ async def _member_rows(
         f"{_MEMBER_COLUMNS} WHERE {' AND '.join(where)}"
         f" ORDER BY m.sort_key {order}, m.id {order} LIMIT {int(limit) + 1}"
     )
-    rows: list[dict[str, Any]] = await Membership.raw(sql, *args)
+    rows = await db.fetch(sql, *args)
     return rows
 
 
@@ -344,7 +344,7 @@ async def _invitations(
         " FROM invitation i LEFT JOIN portal_user u ON u.id = i.invited_by"
         f" WHERE {' AND '.join(where)} ORDER BY i.email {order} LIMIT {int(limit) + 1}"
     )
-    rows = await Invitation.raw(sql, *args)
+    rows = await db.fetch(sql, *args)
     more = len(rows) > limit
     rows = rows[:limit]
     if backwards:
