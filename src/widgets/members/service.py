@@ -68,6 +68,17 @@ LAST_ROLE_CHANGER = (
     "{name} is the last active member who can change roles. Give that permission to someone else first, "
     "so that the organization is never left without an administrator."
 )
+#: The same refusal when the member is the one asking.
+LAST_ROLE_CHANGER_SELF = (
+    "You are the last active member who can change roles. Give that permission to someone else first, "
+    "so that the organization is never left without an administrator."
+)
+
+
+def _last_role_changer(actor: Actor, member: Member) -> str:
+    if member.user_id == actor.user_id:
+        return LAST_ROLE_CHANGER_SELF
+    return LAST_ROLE_CHANGER.format(name=member.name or member.email)
 
 
 class NotFound(Exception):
@@ -687,7 +698,7 @@ async def change_roles(
         and not changers & set(roles)
         and not await _another_role_changer(policy, actor.organization_id, member.id)
     ):
-        raise FormErrors({"roles": LAST_ROLE_CHANGER.format(name=member.name or member.email)}, 409)
+        raise FormErrors({"roles": _last_role_changer(actor, member)}, 409)
     await Membership.update({Membership.roles: roles, Membership.updated_at: utcnow()}).where(
         (Membership.id == member.id) & (Membership.organization == actor.organization_id)
     )
@@ -712,7 +723,7 @@ async def remove(policy: PolicyEngine, actor: Actor, member_id: str) -> Member:
         and set(_role_changers(policy)) & set(member.roles)
         and not await _another_role_changer(policy, actor.organization_id, member.id)
     ):
-        raise FormErrors({"member": LAST_ROLE_CHANGER.format(name=member.name or member.email)}, 409)
+        raise FormErrors({"member": _last_role_changer(actor, member)}, 409)
     await Membership.delete().where(
         (Membership.id == member.id) & (Membership.organization == actor.organization_id)
     )
