@@ -34,7 +34,6 @@ from tests.widgets.members.support import (
     token_of,
 )
 
-
 #: The confirmation page's button.
 CONFIRM = {"confirm": "yes"}
 
