@@ -263,7 +263,7 @@ async def join(
 def code_mail(settings: Settings, code: str) -> tuple[str, str]:
     """Subject and text of the sign-in code email."""
     minutes = codes.DEFAULT_TTL_SECONDS // 60
-    subject = f"Your {settings.brand_name} sign-in code"
+    subject = mail.subject(settings, "your sign-in code")
     text = (
         f"Your code to sign in to {settings.brand_name}:\n\n"
         f"    {code}\n\n"
@@ -273,10 +273,10 @@ def code_mail(settings: Settings, code: str) -> tuple[str, str]:
     return subject, text
 
 
-async def deliver(settings: Settings, to: str, subject: str, text: str) -> None:
+async def deliver(settings: Settings, to: str, subject: str, text: str, code: str = "") -> None:
     """Send after the response, so the answer takes as long whether or not a mail goes out."""
     try:
-        await mail.send_mail(settings, to, subject, text)
+        await mail.send_mail(settings, to, subject, text, dev_log=f"sign-in code {code}" if code else "")
     except Exception:
         # SMTP or disk trouble must not show in the answer (it would tell who has an account): log it.
         log.exception("could not send the sign-in code to %s", to)
@@ -428,7 +428,7 @@ async def request_code(request: Request[Any, Any, Any], data: URLEncodedBody[Ema
     )
     background = None
     if allowed:
-        background = BackgroundTask(deliver, settings, email, *code_mail(settings, code))
+        background = BackgroundTask(deliver, settings, email, *code_mail(settings, code), code)
     else:
         await accounts.audit(
             "login.failed",

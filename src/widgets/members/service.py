@@ -622,7 +622,7 @@ def invitation_mail(
 ) -> tuple[str, str]:
     """Subject and text of an invitation email."""
     who = (inviter.get("display_name") or "").strip() or inviter["email"]
-    subject = f"{who} invited you to join {organization} on {settings.brand_name}"
+    subject = mail.subject(settings, f"{who} invited you to join {organization}")
     role_text = ", ".join(roles)
     text = (
         f"{who} ({inviter['email']}) invited you to join {organization} on {settings.brand_name}"
@@ -670,7 +670,9 @@ async def send_invitations(
             expires_at=row["expires_at"],
         )
         try:
-            await mail.send_mail(settings, email, subject, text)
+            await mail.send_mail(
+                settings, email, subject, text, dev_log=f"invitation link {accept_url(settings, token)}"
+            )
         except Exception:  # SMTP or disk: the admin is told, the log gets the cause.
             log.exception("could not send the invitation %s to %s", invitation_id, email)
             failed.append(email)

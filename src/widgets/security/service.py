@@ -110,7 +110,12 @@ async def send_step_up_code(settings: Settings, user: dict[str, Any], *, action:
         user["email"], CODE_PURPOSE, user_id=user["id"], ip=ip, details={"action": action}
     )
     try:
-        await mail.send_mail(settings, user["email"], *_code_message(settings, code, action))
+        await mail.send_mail(
+            settings,
+            user["email"],
+            *_code_message(settings, code, action),
+            dev_log=f"confirmation code {code}",
+        )
     except Exception:  # SMTP or disk: the user gets a message, the log gets the cause.
         log.exception("could not send the confirmation code to %s", user["email"])
         raise FormErrors({"code": "We could not send the email. Try again in a few minutes."}) from None
@@ -118,7 +123,7 @@ async def send_step_up_code(settings: Settings, user: dict[str, Any], *, action:
 
 
 def _code_message(settings: Settings, code: str, action: str) -> tuple[str, str]:
-    subject = f"{code} is your {settings.brand_name} confirmation code"
+    subject = mail.subject(settings, "your confirmation code")
     text = (
         f"Someone signed in to your {settings.brand_name} account asked to {ACTIONS[action]}.\n"
         f"If it was you, enter this code to confirm:\n\n"

@@ -157,7 +157,7 @@ async def test_invite_sends_a_link_and_stores_only_its_hash(
     response = await invite(client, "  New.Person@Acme.TEST ", ["admin", "member"])
     assert await flash_after(client, response) == "ok: Invitation sent to new.person@acme.test."
     [message] = mail.to("new.person@acme.test")
-    assert message["Subject"] == "Alice Admin invited you to join Acme on Acme Cloud"
+    assert message["Subject"] == "Acme Cloud: Alice Admin invited you to join Acme"
     link = accept_link(mail, "new.person@acme.test")
     assert link.startswith("http://localhost:8000/invitations/accept?token=portal_inv_")
     token = token_of(link)
