@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -15,7 +14,7 @@ import click
 
 from policy import Feature, PolicyEngine, PolicyError, check_policy_dir
 from portal.auth import accounts
-from portal.core import db
+from portal.core import db, logs
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 from portal.oidc import cli as oidc_cli
@@ -82,7 +81,7 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply pending database migrations."""
-    from portal.core.migrate import MigrationError
+    from portal.core.migrate import MigrationError, summarize
     from portal.core.migrate import migrate as run_migrations
 
     settings = _settings()
@@ -90,7 +89,7 @@ def migrate() -> None:
         report = _with_db(settings, run_migrations)
     except MigrationError as exc:
         raise click.ClickException(f"migration failed: {exc}") from None
-    click.echo(report.strip() or "migrations applied")
+    click.echo(summarize(report))
 
 
 @main.command()
@@ -104,9 +103,7 @@ def serve(host: str | None, port: int | None) -> None:
 
     settings = ensure_secret_key(_settings())
     policy = _policy(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
     app = create_app(settings, policy=policy)
 
     async def reload_on_sighup() -> None:
@@ -118,8 +115,14 @@ def serve(host: str | None, port: int | None) -> None:
     click.echo(
         f"Portal serving on http://{host or settings.host}:{port or settings.port} (public URL {settings.origin})"
     )
+    # log_config=None: uvicorn's loggers write through ours, in the one format.
     uvicorn.run(
-        app, host=host or settings.host, port=port or settings.port, log_level="warning", access_log=False
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
     )
 
 
@@ -132,9 +135,7 @@ def worker(burst: bool) -> None:
         raise click.ClickException(
             "PORTAL_REDIS_URL is not set: without Redis the web process runs background jobs itself"
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
     from portal.jobs import make_worker
 
     make_worker(settings, burst=burst).run()

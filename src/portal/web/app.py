@@ -24,7 +24,7 @@ from piccolo.engine.base import Engine
 from policy import PolicyEngine, PolicyError
 from portal import oidc
 from portal.auth import login, passkey_login
-from portal.core import db
+from portal.core import db, logs
 from portal.core.settings import Settings, ensure_secret_key
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
 from portal.sso import routes as sso_routes
@@ -171,6 +171,13 @@ def create_app(
         template_config=template_config,
         logging_config=LoggingConfig(
             root={"level": settings.log_level.upper(), "handlers": ["queue_listener"]},
+            # One format for every line the process writes (issue 16): the CLI's, before the app starts,
+            # is the same.
+            formatters={"standard": {"format": logs.FORMAT}},
+            loggers={
+                name: {"level": logging.getLevelName(level), "propagate": True}
+                for name, level in logs.QUIET.items()
+            },
             log_exceptions="never",
             disable_stack_trace={404, 401, 403, 405, 429},
         ),
