@@ -106,7 +106,7 @@ def test_an_idle_timeout_longer_than_the_absolute_one_is_refused() -> None:
         "PORTAL_SESSION_IDLE_TIMEOUT: 8d is longer than PORTAL_SESSION_ABSOLUTE_TIMEOUT (7d): every session "
         "would end at the absolute timeout first; make the idle timeout shorter"
     )
-    with pytest.raises(SettingsError, match="PORTAL_SESSION_IDLE_TIMEOUT: 1d is longer than .* \\(12h\\)"):
+    with pytest.raises(SettingsError, match=r"PORTAL_SESSION_IDLE_TIMEOUT: 1d is longer than .* \(12h\)"):
         load_settings({"PORTAL_SESSION_ABSOLUTE_TIMEOUT": "12h"})
     # Equal is fine.
     assert load_settings({"PORTAL_SESSION_IDLE_TIMEOUT": "7d"}).session_idle_timeout == 7 * 86400
