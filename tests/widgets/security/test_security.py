@@ -288,7 +288,10 @@ async def test_revoke_all_others_after_ten_minutes_asks_to_confirm_by_email_code
 
     confirm = await client.get(response.headers["location"], headers=HTML)
     assert "<h1>Confirm it's you</h1>" in confirm.text
-    assert "To sign out your other sessions, confirm who you are." in confirm.text
+    assert (
+        "To sign out your other sessions, confirm who you are: you signed in 11 minutes ago" in confirm.text
+    )
+    assert "Then your other sessions are signed out straight away." in confirm.text
     assert "Use a passkey" not in confirm.text  # Alice has none
     sent = await client.post(
         f"{URL}/confirm/code/send", data={"_csrf_token": token, "action": "revoke_others"}, headers=HTML
@@ -444,7 +447,13 @@ async def test_confirm_with_a_passkey_then_register_another(
         client, f"{URL}/confirm/passkey", token, {"credential": answer, "action": "add_passkey"}
     )
     assert result.status_code == 200, result.text
-    assert result.json() == {"redirect": URL}
+    # The action goes on: the Security page starts adding the passkey (issue 16).
+    assert result.json() == {"redirect": f"{URL}?then=add_passkey#passkeys-heading"}
+    page = await client.get(f"{URL}?then=add_passkey", headers=HTML)
+    assert "Confirmed. Now add your passkey: your browser asks for it." in page.text
+    assert re.search(
+        r'<button type="button" class="button" hidden data-passkey="register" data-autostart', page.text
+    )
     [event] = await audit("session.step_up")
     assert event["details"] == {"method": "passkey"}
     # A confirmation answer is single-use like any other.
