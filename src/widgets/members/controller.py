@@ -353,7 +353,7 @@ class MembersController(Controller):
 # --- accepting an invitation (public) -----------------------------------------------------------------------
 
 #: Status of the page for each state of an unusable link.
-_GONE = {"unknown": 404, "expired": 410, "revoked": 410, "accepted": 410}
+_GONE = {"unknown": 404, "expired": 410, "revoked": 410, "accepted": 410, "replaced": 410}
 
 
 def _accept_page(

@@ -112,5 +112,5 @@ class InvitationView(msgspec.Struct, frozen=True):
     roles: list[str]
     invited_by: str
     expires_at: datetime
-    #: ``open``, ``expired``, ``revoked`` or ``accepted``.
+    #: ``open``, ``expired``, ``revoked``, ``accepted`` or ``replaced`` (an old link of a resent invitation).
     state: str

@@ -32,7 +32,15 @@ from portal.core import db, ids, mail
 from portal.core.clock import utcnow
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
-from portal.core.tables import AuditEvent, Invitation, Membership, Organization, Session, User
+from portal.core.tables import (
+    AuditEvent,
+    Invitation,
+    InvitationReplacedToken,
+    Membership,
+    Organization,
+    Session,
+    User,
+)
 from portal.web.forms import FormErrors
 from widgets.members.schemas import (
     InvitationView,
@@ -550,6 +558,7 @@ async def _open_invitation(organization_id: str, invitation_id: str) -> dict[str
             Invitation.id,
             Invitation.email,
             Invitation.roles,
+            Invitation.token_hash,
             Invitation.accepted_at,
             Invitation.revoked_at,
         )
@@ -575,6 +584,8 @@ async def resend(
     await _check_send_rate(actor.organization_id, 1, "invitation")
     token = ids.new_secret("inv")
     expires_at = utcnow() + timedelta(seconds=settings.invitation_ttl)
+    # The old link stops working, but says that a newer invitation was sent (not "does not work").
+    await InvitationReplacedToken(token_hash=row["token_hash"], invitation=row["id"]).save()
     await Invitation.update(
         {Invitation.token_hash: ids.hash_secret(token), Invitation.expires_at: expires_at}
     ).where((Invitation.id == row["id"]) & (Invitation.organization == actor.organization_id))
@@ -789,8 +800,35 @@ async def find_invitation(token: str) -> InvitationView | None:
         .first()
         .output(load_json=True)
     )
+    replaced = False
     if row is None:
-        return None
+        old = (
+            await InvitationReplacedToken.select(InvitationReplacedToken.invitation)
+            .where(InvitationReplacedToken.token_hash == ids.hash_secret(token))
+            .first()
+        )
+        if old is None:
+            return None
+        row = await (
+            Invitation.select(
+                Invitation.id,
+                Invitation.organization.id.as_alias("organization_id"),
+                Invitation.organization.display_name.as_alias("organization_name"),
+                Invitation.email,
+                Invitation.roles,
+                Invitation.invited_by.display_name.as_alias("by_name"),
+                Invitation.invited_by.email.as_alias("by_email"),
+                Invitation.expires_at,
+                Invitation.accepted_at,
+                Invitation.revoked_at,
+            )
+            .where(Invitation.id == old["invitation"])
+            .first()
+            .output(load_json=True)
+        )
+        if row is None:  # pragma: no cover - the cascade deletes replaced tokens with their invitation
+            return None
+        replaced = True
     return InvitationView(
         id=row["id"],
         organization_id=row["organization_id"],
@@ -799,7 +837,9 @@ async def find_invitation(token: str) -> InvitationView | None:
         roles=_json_list(row["roles"]),
         invited_by=(row["by_name"] or row["by_email"] or ""),
         expires_at=row["expires_at"],
-        state=_state(row, utcnow()),
+        # An old link of an invitation still open says a newer one was sent; if the invitation has since
+        # been accepted, revoked or has expired, the old link says that.
+        state="replaced" if replaced and _state(row, utcnow()) == "open" else _state(row, utcnow()),
     )
 
 

@@ -12,8 +12,8 @@ import pytest
 from litestar import Litestar
 
 from portal.core import clock, ids
-from portal.core.tables import Invitation, Membership, Session
-from tests.factories import make_invitation, make_member, make_user, sign_in
+from portal.core.tables import Invitation, InvitationReplacedToken, Membership, Session
+from tests.factories import csrf_token, make_invitation, make_member, make_user, sign_in
 from tests.mailserver import Mailbox
 from tests.widgets.members.support import (
     ACCEPT,
@@ -370,8 +370,22 @@ async def test_resend_issues_a_new_link_and_the_old_one_dies(
     assert after["token_hash"] == ids.hash_secret(token_of(new_link))
     assert after["expires_at"] - clock.utcnow() > timedelta(days=6)
     client.cookies.clear()
-    assert (await client.get(path_of(old_link), headers=HTML)).status_code == 404
+    # The old link says that a newer invitation was sent, and accepts nothing.
+    old = await client.get(path_of(old_link), headers=HTML)
+    assert old.status_code == 410
+    assert "<h1>A newer invitation was sent</h1>" in old.text
+    assert "open the newest invitation email from Acme" in old.text
+    assert "does not work" not in old.text
+    token = await csrf_token(client, "/login")
+    refused = await client.post(
+        ACCEPT, data={"_csrf_token": token, "token": token_of(old_link)}, headers=HTML
+    )
+    assert refused.status_code == 410 and "A newer invitation was sent" in refused.text
+    assert "re@acme.test" not in await memberships(world["acme"]["id"])
     assert (await client.get(path_of(new_link), headers=HTML)).status_code == 200
+    # Only the old token's hash is kept.
+    [kept] = await InvitationReplacedToken.select()
+    assert kept["token_hash"] == ids.hash_secret(token_of(old_link)) and kept["invitation"] == row["id"]
     [event] = await audit_events("invitation.resent")
     assert event["target"] == row["id"] and event["actor_id"] == world["alice"]["id"]
 
