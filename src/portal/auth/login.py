@@ -27,7 +27,7 @@ from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
 from portal.core.tables import Membership, Organization, User
 from portal.web import flash
-from portal.web.guard import auth_of, require_auth
+from portal.web.guard import ENDED_MESSAGES, auth_of, require_auth
 from portal.web.http import error_response
 from portal.web.pages import render
 from portal.web.shell import client_ip, safe_return_to
@@ -378,6 +378,7 @@ async def login_page(
     signed_out: FromQuery[str | None] = None,
     prompt: FromQuery[str | None] = None,
     login_hint: FromQuery[str | None] = None,
+    ended: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """The branded sign-in page: one email field. ``prompt=login`` (an app asking the user to sign in again,
     OIDC) shows it even with a live session; ``login_hint`` pre-fills the address."""
@@ -389,7 +390,7 @@ async def login_page(
         return_to=target,
         organization=_organization_ref(organization),
         email=(login_hint or "").strip()[:320],
-        notice="You have been signed out." if signed_out == "1" else None,
+        notice="You have been signed out." if signed_out == "1" else ENDED_MESSAGES.get(ended or ""),
     )
     settings: Settings = request.app.state.settings
     if request.cookies.get(sessions.cookie_name(settings)):

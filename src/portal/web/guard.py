@@ -56,10 +56,10 @@ _MEMBERSHIPS = (
 
 
 async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None, str | None]:
-    """Resolve the cookie to (Auth, None), or (None, expiry reason or None)."""
+    """Resolve the cookie to (Auth, None), or (None, why the cookie's session ended, or None)."""
     resolved = await sessions.resolve(settings, token)
     if resolved.session is None or resolved.user is None:
-        return None, resolved.expired
+        return None, resolved.ended
     rows = await Membership.raw(_MEMBERSHIPS, resolved.user["id"])
     organization = resolved.organization
     roles: tuple[str, ...] | None = None
@@ -83,10 +83,10 @@ class SessionMiddleware:
         if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(UNAUTHENTICATED_PREFIXES):
             settings: Settings = scope["litestar_app"].state.settings
             token = _cookie(scope, sessions.cookie_name(settings))
-            auth, expired = await load_auth(settings, token)
+            auth, ended = await load_auth(settings, token)
             state = scope.setdefault("state", {})
             state["auth"] = auth
-            state["session_expired"] = expired
+            state["session_ended"] = ended
         await self.app(scope, receive, send)
 
 
@@ -168,7 +168,21 @@ def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
         raise Denied(decision)
 
 
-def login_url(path: str, query: str = "") -> str:
-    """The login page that returns to ``path`` (with its query) afterwards."""
+def login_url(path: str, query: str = "", ended: str | None = None) -> str:
+    """The login page that returns to ``path`` (with its query) afterwards; ``ended`` (why the session
+    ended) lets it say so."""
     target = path + (f"?{query}" if query else "")
-    return f"/login?return_to={quote(target, safe='/')}"
+    url = f"/login?return_to={quote(target, safe='/')}"
+    if ended in ENDED_MESSAGES:
+        url += f"&ended={ended}"
+    return url
+
+
+#: What the login page says after a session ended by itself or elsewhere (not for a sign-out here: that
+#: page says "You have been signed out").
+ENDED_MESSAGES = {
+    "idle": "You were signed out because you were inactive for too long. Sign in again to continue.",
+    "absolute": "Your session reached its maximum length and ended. Sign in again to continue.",
+    "user": "This session was signed out from another browser or device. Sign in again to continue.",
+    "replaced": "You signed in again in this browser, so the earlier session ended. Sign in to continue.",
+}

@@ -125,7 +125,8 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         # The path as the browser asked for it: the router drops a trailing slash from scope["path"].
         raw = request.scope.get("raw_path")
         path = unquote(raw.decode("latin-1")) if isinstance(raw, bytes) and raw else request.url.path
-        return Redirect(login_url(path, request.url.query), status_code=303)
+        ended = request.scope.get("state", {}).get("session_ended")
+        return Redirect(login_url(path, request.url.query, ended), status_code=303)
     extra: dict[str, Any] = {}
     if isinstance(exc, Denied):
         extra["reason"] = exc.decision.reason.value if exc.decision.reason else None

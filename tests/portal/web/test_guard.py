@@ -250,3 +250,41 @@ async def test_guard_runs_with_policy_from_app_state(
         await signed_in(client, settings, world["bob"]["id"], world["acme"]["id"])
         response = await client.get("/ui/organization/test-sso", headers=JSON)
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("idle", "You were signed out because you were inactive for too long."),
+        ("absolute", "Your session reached its maximum length and ended."),
+        ("user", "This session was signed out from another browser or device."),
+    ],
+)
+async def test_a_session_ended_elsewhere_lands_on_login_with_the_reason(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], reason: str, message: str
+) -> None:
+    session_id = await signed_in(client, settings, world["alice"]["id"], world["acme"]["id"])
+    await sessions.revoke(session_id, reason)
+    response = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert response.headers["location"] == f"/login?return_to=/ui/organization/test-sso&ended={reason}"
+    page = await client.get(response.headers["location"], headers=HTML)
+    assert f'<p class="flash flash-ok" role="status">{message}' in page.text
+
+
+async def test_a_session_that_runs_out_on_this_request_says_so(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], frozen_clock: Any
+) -> None:
+    await signed_in(client, settings, world["alice"]["id"], world["acme"]["id"])
+    frozen_clock.advance(seconds=settings.session_idle_timeout + 1)
+    response = await client.get("/ui/", headers=HTML)
+    assert response.headers["location"] == "/login?return_to=/ui/&ended=idle"
+
+
+async def test_no_explanation_for_unknown_cookies_or_reasons(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any]
+) -> None:
+    client.cookies.set(sessions.cookie_name(settings), "portal_ses_" + "x" * 43)
+    response = await client.get("/ui/", headers=HTML)
+    assert response.headers["location"] == "/login?return_to=/ui/"
+    page = await client.get("/login?ended=<script>", headers=HTML)
+    assert page.status_code == 200 and "flash-ok" not in page.text

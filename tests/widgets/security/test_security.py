@@ -234,7 +234,11 @@ async def test_revoke_one_of_my_sessions(
     # The revoked browser is signed out on its next request.
     async with httpx.AsyncClient(transport=client._transport, base_url=str(client.base_url)) as revoked:
         plant(revoked, other_token)
-        assert (await revoked.get(URL, headers=HTML)).headers["location"].startswith("/login")
+        landing = (await revoked.get(URL, headers=HTML)).headers["location"]
+        # The login page says why (issue 16).
+        assert landing == "/login?return_to=/ui/account/security&ended=user"
+        login = await revoked.get(landing, headers=HTML)
+        assert "This session was signed out from another browser or device." in login.text
 
 
 async def test_revoking_someone_elses_session_is_404(
