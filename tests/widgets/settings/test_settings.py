@@ -383,3 +383,18 @@ async def test_idn_domains_are_shown_in_unicode_and_saved_in_idna(
     await sign_in(client, world["bob"], world["acme"])
     page = await client.get(URL, headers=HTML)
     assert "<code>bücher.example</code>" in page.text and "xn--" not in page.text
+
+
+async def test_messages_have_one_place_above_the_title(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    failed = await post_settings(client, name="Bad Name!")
+    main = failed.text.split('<main id="main" tabindex="-1">', 1)[1]
+    # The error summary comes first in <main>, before the title, and takes the focus.
+    assert main.index('class="error-summary"') < main.index("<h1>")
+    assert re.search(r'<div class="error-summary" role="alert"[^>]* tabindex="-1" autofocus>', main)
+    saved = await post_settings(client, display_name="Acme Two")
+    page = await client.get(saved.headers["location"], headers=HTML)
+    main = page.text.split('<main id="main" tabindex="-1">', 1)[1]
+    assert main.index('class="flash flash-ok"') < main.index("<h1>")
