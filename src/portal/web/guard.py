@@ -123,9 +123,9 @@ class SignInRequired(NotAuthorizedException):
 class Denied(PermissionDeniedException):
     """The policy said no; the decision says why."""
 
-    def __init__(self, decision: Decision) -> None:
+    def __init__(self, decision: Decision, policy: PolicyEngine | None = None) -> None:
         self.decision = decision
-        super().__init__(detail=describe_denial(decision))
+        super().__init__(detail=describe_denial(decision, policy))
 
 
 _FEATURE_TITLES = {
@@ -136,14 +136,20 @@ _FEATURE_TITLES = {
 }
 
 
-def describe_denial(decision: Decision) -> str:
-    """A sentence for the 403 page that names what is missing."""
+def describe_denial(decision: Decision, policy: PolicyEngine | None = None) -> str:
+    """A sentence for the 403 page that names what is missing, in the policy's words with the key after."""
     reason = decision.reason.value if decision.reason else ""
     if reason == "not_member":
         return "You are not a member of this organization. Choose one of your organizations."
     if reason == "feature_disabled":
         title = _FEATURE_TITLES.get(decision.missing or "", decision.missing or "this feature")
         return f"{title} is not enabled for this organization (feature {decision.missing})."
+    label = policy.permission_label(decision.missing or "") if policy is not None else decision.missing
+    if label and label != decision.missing:
+        return (
+            f"Your role does not allow this: “{label}” (permission {decision.missing}). "
+            "Ask an administrator for access."
+        )
     return f"Your role does not include the permission {decision.missing}. Ask an administrator for access."
 
 
@@ -165,7 +171,7 @@ def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     feature = opt.get("feature")
     decision = auth.decide(policy, permission, feature if isinstance(feature, Feature) else None)
     if not decision:
-        raise Denied(decision)
+        raise Denied(decision, policy)
 
 
 def login_url(path: str, query: str = "", ended: str | None = None) -> str:

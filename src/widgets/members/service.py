@@ -116,17 +116,17 @@ class Actor:
 
 
 def describe_role(policy: PolicyEngine, role: str) -> str:
-    """What a role grants, for pickers: ``all 12 permissions`` or the permission names."""
-    granted = policy.permissions_for(role)
-    if len(granted) == len(Permission):
-        return f"All {len(Permission)} permissions"
-    return ", ".join(sorted(p.value for p in granted)) or "No permissions"
+    """What a role means, for pickers: its description from the policy files, else what it grants."""
+    return policy.role_description(role)
 
 
-def role_choices(policy: PolicyEngine, actor_roles: Iterable[str]) -> list[tuple[str, str, bool]]:
-    """(role, description, whether the actor may grant it) for every role the policy defines."""
+def role_choices(policy: PolicyEngine, actor_roles: Iterable[str]) -> list[tuple[str, str, str, bool]]:
+    """(role key, title, description, whether the actor may grant it) for every role the policy defines."""
     mine = list(actor_roles)
-    return [(role, describe_role(policy, role), policy.grants_subset(mine, [role])) for role in policy.roles]
+    return [
+        (role, policy.role_title(role), describe_role(policy, role), policy.grants_subset(mine, [role]))
+        for role in policy.roles
+    ]
 
 
 def role_list(raw: Roles) -> list[str]:
@@ -156,10 +156,11 @@ def check_grant(policy: PolicyEngine, actor_roles: Sequence[str], roles: Sequenc
     for role in roles:
         missing = sorted(p.value for p in policy.permissions_for(role) - held)
         if missing:
+            labels = ", ".join(f"{policy.permission_label(p)} ({p})" for p in missing)
             raise FormErrors(
                 {
-                    "roles": f"You cannot grant the role {role}: it carries permissions you do not hold "
-                    f"({', '.join(missing)})."
+                    "roles": f"You cannot grant the role {policy.role_title(role)} ({role}): it carries "
+                    f"permissions you do not hold: {labels}."
                 },
                 status_code=403,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from datetime import timedelta
 from typing import Any
@@ -288,7 +289,7 @@ async def test_no_privilege_escalation_by_invitation(
     response = await invite(client, "x@acme.test", "admin")
     assert response.status_code == 403
     message = field_error(response.text, "roles")
-    assert "You cannot grant the role admin" in message
+    assert "You cannot grant the role Administrator (admin)" in message
     assert "sk_org_sso_manage" in message
     assert await snapshot() == before
     assert mail.received == []
@@ -503,7 +504,7 @@ async def test_no_privilege_escalation_by_role_change(
     response = await post(client, f"{URL}/{world['m']['bob']['id']}/roles", {"roles": "admin"}, headers=JSON)
     assert response.status_code == 403
     assert response.json()["error"]["fields"][0]["key"] == "roles"
-    assert "You cannot grant the role admin" in response.json()["error"]["detail"]
+    assert "You cannot grant the role Administrator (admin)" in response.json()["error"]["detail"]
     # ...nor himself...
     own = await post(client, f"{URL}/{world['m']['lee']['id']}/roles", {"roles": ["admin", "lead"]})
     assert own.status_code == 403
@@ -763,3 +764,36 @@ async def test_row_actions_only_where_they_would_be_allowed(
     await sign_in(client, world["bob"], world["acme"])
     page = await client.get(URL, headers=HTML)
     assert "Change roles" not in page.text and "/remove" not in page.text
+
+
+# --- issue 16 §6: roles in plain language --------------------------------------------------------------------
+
+
+async def test_role_pickers_show_titles_and_descriptions_with_the_key_secondary(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    page = await client.get(f"{URL}/{world['m']['bob']['id']}", headers=HTML)
+    label = re.search(r'<label for="role-member">(.*?)</label>', page.text, re.S)
+    assert label is not None
+    assert label.group(1) == (
+        '<strong>Member</strong> <code class="role-key">member</code> '
+        '<span class="muted">Sees the organization&#39;s settings and its members.</span>'
+    )
+    assert "sk_org_settings_read, sk_org_users_read" not in page.text
+    # A role with no role row (the test policy's `lead`): its key, and the labels of what it grants.
+    lead = re.search(r'<label for="role-lead">(.*?)</label>', page.text, re.S)
+    assert lead is not None and "<strong>lead</strong>" in lead.group(1)
+    assert "Invite people" in lead.group(1) and "See members and invitations" in lead.group(1)
+
+
+async def test_the_403_page_names_the_permission_in_words_and_by_key(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["bob"], world["acme"])
+    page = await post(client, f"{URL}/{world['m']['lee']['id']}/remove", CONFIRM)
+    assert page.status_code == 403
+    assert (
+        "Your role does not allow this: “Remove members” (permission sk_org_users_delete)."
+        in html.unescape(page.text)
+    )
