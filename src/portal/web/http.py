@@ -108,6 +108,11 @@ def error_response(request: Request[Any, Any, Any], status: int, detail: str, **
     request_id = request_id_of(request.scope)
     if wants_html(request):
         context = {"status": status, "title": title, "detail": detail, "request_id": request_id, **extra}
+        if request.scope.get("state", {}).get("auth") is not None:
+            # Signed in: the error keeps the portal's header and navigation (issue 16).
+            from portal.web.pages import render
+
+            return render(request, "portal/error_shell.html", status_code=status, **context)
         return Template("portal/error.html", context=context, status_code=status)
     body: dict[str, Any] = {"error": {"status": status, "title": title, "detail": detail, **extra}}
     body["error"]["request_id"] = request_id

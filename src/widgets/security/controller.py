@@ -89,6 +89,7 @@ async def _security_page(
         name_max=passkeys.NAME_MAX,
         when=service.when,
         ago=service.ago,
+        place=service.place,
         # After confirming for "add a passkey", the page starts adding it (passkeys.js).
         autostart=then == "add_passkey" and service.is_fresh(auth.session),
     )

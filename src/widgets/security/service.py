@@ -73,6 +73,22 @@ def ago(moment: datetime, now: datetime | None = None) -> str:
 # --- step-up ------------------------------------------------------------------------------------------------
 
 
+def place(ip: str) -> str:
+    """Where an address is, as far as the portal can tell without a location database: this computer, a
+    private network, or the internet. (No GeoIP database ships with the portal.)"""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    if address.is_loopback:
+        return "this computer"
+    if address.is_private or address.is_link_local:
+        return "a private network"
+    return "the internet"
+
+
 def is_fresh(session: dict[str, Any], now: datetime | None = None) -> bool:
     """True if the session signed in (or confirmed it's the user) within the last 10 minutes."""
     authenticated_at: datetime = session["authenticated_at"]

@@ -288,3 +288,24 @@ async def test_no_explanation_for_unknown_cookies_or_reasons(
     assert response.headers["location"] == "/login?return_to=/ui/"
     page = await client.get("/login?ended=<script>", headers=HTML)
     assert page.status_code == 200 and "flash-ok" not in page.text
+
+
+async def test_error_pages_keep_the_shell_and_offer_switching_only_with_somewhere_to_go(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any]
+) -> None:
+    # Bob is a member of Acme only: a 403 there keeps the header and navigation, and no "Switch organization".
+    await signed_in(client, settings, world["bob"]["id"], world["acme"]["id"])
+    page = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert page.status_code == 403
+    assert 'aria-label="Portal"' in page.text and "Account menu for" in page.text
+    assert "<h1>Not allowed</h1>" in page.text
+    assert "Switch organization" not in page.text
+    # Alice, also a member of Globex, is offered the switch.
+    await accounts.add_member(world["globex"]["id"], world["alice"]["id"], ["member"], known_roles=["member"])
+    await signed_in(client, settings, world["alice"]["id"], world["globex"]["id"])
+    page = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert page.status_code == 403 and "Switch organization" in page.text
+    # Anonymous: the plain page.
+    client.cookies.clear()
+    anonymous = await client.get("/no-such-page", headers=HTML)
+    assert anonymous.status_code == 404 and 'aria-label="Portal"' not in anonymous.text

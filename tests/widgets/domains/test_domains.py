@@ -235,7 +235,8 @@ async def test_without_the_feature_the_widget_is_hidden(
     client.cookies.clear()
     await sign_in(client, world["alice"], world["acme"])
     home = await client.get("/ui/", headers=HTML)
-    assert home.text.count(f'href="{URL}"') == 2  # navigation and home card
+    # The navigation (sidebar, and its folded copy for phone-sized screens) and the home card.
+    assert home.text.count(f'href="{URL}"') == 3
     assert WIDGET.description in home.text
 
 
