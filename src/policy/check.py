@@ -11,6 +11,7 @@ reads one file and forgets line numbers, and problems must name the file and lin
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterable, Mapping
@@ -32,7 +33,17 @@ _ROW_FIELDS: dict[str, tuple[str, ...]] = {
     "p2": ("permission", "feature"),
     "g": ("role", "parent role"),
 }
-_ROW_TYPES = ", ".join(f"{kind} ({', '.join(names)})" for kind, names in _ROW_FIELDS.items())
+# Rows in plain language (issue 16), read by the portal only, never given to Casbin: a role's title and
+# description for role pickers, and a permission's label for pickers and the 403 page. The last field takes
+# the rest of the line, so a description may contain commas.
+_TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "role": ("role", "title", "description"),
+    "label": ("permission", "label"),
+}
+_TEXT_LIMITS = {"title": 60, "description": 300, "label": 100}
+_ROW_TYPES = ", ".join(
+    f"{kind} ({', '.join(names)})" for kind, names in {**_ROW_FIELDS, **_TEXT_FIELDS}.items()
+)
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z")
 _PERMISSIONS = [permission.value for permission in Permission]
 _FEATURES = [feature.value for feature in Feature]
@@ -85,6 +96,11 @@ class CompiledPolicy:
     grants: Mapping[str, frozenset[Permission]]  # role -> permissions, inherited ones included
     requirements: Mapping[Permission, frozenset[Feature]]  # permission -> features it needs
     granted_by: Mapping[Permission, frozenset[str]]  # permission -> roles that grant it
+    # issue 16: plain language (from role and label rows; empty when the files have none)
+    titles: Mapping[str, tuple[str, str]] = dataclasses.field(
+        default_factory=dict
+    )  # role -> (title, description)
+    labels: Mapping[Permission, str] = dataclasses.field(default_factory=dict)  # permission -> label
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +122,8 @@ def compile_policy_dir(directory: str | Path) -> tuple[CompiledPolicy | None, li
     if not directory.is_dir():
         return None, [Problem(str(directory), 0, "policy directory not found")]
     rows, problems = _read_rows(directory)
-    rows = _drop_duplicates(rows, problems)
+    text_rows = [row for row in rows if row.kind in _TEXT_FIELDS]
+    rows = _drop_duplicates([row for row in rows if row.kind not in _TEXT_FIELDS], problems)
     g_rows = [row for row in rows if row.kind == "g"]
     problems += _inheritance_problems(g_rows, _casbin_max_inheritance())
     model_path = directory / MODEL_FILE
@@ -116,6 +133,10 @@ def compile_policy_dir(directory: str | Path) -> tuple[CompiledPolicy | None, li
     if model is not None:
         compiled, casbin_problems = _ask_casbin(model, str(model_path), lines, rows)
         problems += casbin_problems
+    if compiled is not None:
+        titles, labels, text_problems = _plain_language(text_rows, set(compiled.grants))
+        problems += text_problems
+        compiled = dataclasses.replace(compiled, titles=titles, labels=labels)
     if compiled is not None and not compiled.grants and not problems:
         problems.append(Problem(str(directory), 0, "no role is defined: add p rows (role, permission)"))
     problems.sort(key=lambda problem: (problem.path, problem.line))
@@ -141,8 +162,14 @@ def _read_rows(directory: Path) -> tuple[list[_Row], list[Problem]]:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            kind, *values = (field.strip() for field in line.split(","))
-            messages = _row_problems(kind, values)
+            kind = line.split(",", 1)[0].strip()
+            if kind in _TEXT_FIELDS:
+                # The last field keeps its commas.
+                values = [f.strip() for f in line.split(",", len(_TEXT_FIELDS[kind]))[1:]]
+                messages = _text_row_problems(kind, values)
+            else:
+                _, *values = (field.strip() for field in line.split(","))
+                messages = _row_problems(kind, values)
             problems += (Problem(where, number, message) for message in messages)
             if not messages:
                 rows.append(_Row(where, number, kind, tuple(values)))
@@ -166,6 +193,56 @@ def _row_problems(kind: str, values: list[str]) -> list[str]:
         elif name.endswith("role") and not _ROLE_NAME.match(value):
             messages.append(f"invalid {name} {value!r}: use letters, digits and _ . : -")
     return messages
+
+
+def _text_row_problems(kind: str, values: list[str]) -> list[str]:
+    names = _TEXT_FIELDS[kind]
+    if len(values) != len(names):
+        return [f"{kind} row needs {len(names)} fields ({', '.join(names)}), got {len(values)}"]
+    messages = []
+    for name, value in zip(names, values, strict=True):
+        limit = _TEXT_LIMITS.get(name)
+        if not value:
+            messages.append(f"{kind} row has an empty {name}")
+        elif name == "permission" and value not in _PERMISSIONS:
+            messages.append(_unknown("permission", value, _PERMISSIONS))
+        elif name == "role" and not _ROLE_NAME.match(value):
+            messages.append(f"invalid role {value!r}: use letters, digits and _ . : -")
+        elif limit is not None and len(value) > limit:
+            messages.append(f"{kind} row's {name} is {len(value)} characters long; keep it to {limit}")
+    return messages
+
+
+def _plain_language(
+    rows: list[_Row], roles: set[str]
+) -> tuple[dict[str, tuple[str, str]], dict[Permission, str], list[Problem]]:
+    """Titles, descriptions and labels from role and label rows; a problem for each duplicate, and for a
+    role row naming a role that no p or g row defines (a typo would otherwise leave the real role bare)."""
+    titles: dict[str, tuple[str, str]] = {}
+    labels: dict[Permission, str] = {}
+    first: dict[tuple[str, str], _Row] = {}
+    problems: list[Problem] = []
+    for row in rows:
+        key = row.fields[0]
+        seen = first.setdefault((row.kind, key), row)
+        if seen is not row:
+            where = f"line {seen.line}" if seen.path == row.path else f"{Path(seen.path).name}:{seen.line}"
+            problems.append(
+                Problem(row.path, row.line, f"second {row.kind} row for {key!r}, first at {where}")
+            )
+            continue
+        if row.kind == "role":
+            if key not in roles:
+                close = difflib.get_close_matches(key, sorted(roles), n=1)
+                hint = f", did you mean {close[0]}?" if close else ": add p rows for it first"
+                problems.append(
+                    Problem(row.path, row.line, f"role row for {key!r}, which grants nothing{hint}")
+                )
+                continue
+            titles[key] = (row.fields[1], row.fields[2])
+        else:
+            labels[Permission(key)] = row.fields[1]
+    return titles, labels, problems
 
 
 def _unknown(what: str, value: str, valid: list[str]) -> str:

@@ -112,6 +112,26 @@ class PolicyEngine:
         """The role keys the policy defines, sorted (for role pickers)."""
         return tuple(sorted(self._state.known_roles))
 
+    def role_title(self, role: str) -> str:
+        """The role's title from its ``role`` row, else the key itself."""
+        found = self._state.compiled.titles.get(role)
+        return found[0] if found else role
+
+    def role_description(self, role: str) -> str:
+        """The role's description from its ``role`` row, else the labels of what it grants."""
+        found = self._state.compiled.titles.get(role)
+        if found:
+            return found[1]
+        granted = sorted(self.permissions_for(role), key=lambda p: p.value)
+        return "; ".join(self.permission_label(p) for p in granted) or "No permissions"
+
+    def permission_label(self, permission: Permission | str) -> str:
+        """The permission's label from its ``label`` row, else its key."""
+        try:
+            return self._state.compiled.labels.get(Permission(permission), str(Permission(permission).value))
+        except ValueError:
+            return str(permission)
+
     def permissions_for(self, role: str) -> frozenset[Permission]:
         """Everything the role grants, inherited permissions included; nothing for an unknown role."""
         return self._state.compiled.grants.get(role, frozenset())

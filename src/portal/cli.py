@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -12,12 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from policy import PolicyEngine, PolicyError, check_policy_dir
+from policy import Feature, PolicyEngine, PolicyError, check_policy_dir
 from portal.auth import accounts
-from portal.core import db
+from portal.core import db, logs
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 from portal.oidc import cli as oidc_cli
+from portal.web.forms import FormErrors
 
 T = TypeVar("T")
 
@@ -49,17 +49,38 @@ def _with_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except InvalidInput as exc:
         raise click.ClickException(str(exc)) from None
+    except FormErrors as exc:
+        raise click.ClickException(" ".join(exc.errors.values())) from None
 
 
-@click.group()
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("portal")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+FEATURES = sorted(f.value for f in Feature)
+
+# -h as well as --help everywhere; wide enough that the command table is not cut to "...".
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
+
+
+@click.group("portal", context_settings=CONTEXT)
+@click.version_option(_version(), "--version", "-V", prog_name="portal", message="%(prog)s %(version)s")
 def main() -> None:
-    """Portal: self-hosted organization and account widgets."""
+    """Portal: self-hosted organization and account widgets.
+
+    Every setting is a PORTAL_* environment variable (see the README's Settings table).
+    """
 
 
 @main.command()
 def migrate() -> None:
     """Apply pending database migrations."""
-    from portal.core.migrate import MigrationError
+    from portal.core.migrate import MigrationError, summarize
     from portal.core.migrate import migrate as run_migrations
 
     settings = _settings()
@@ -67,7 +88,7 @@ def migrate() -> None:
         report = _with_db(settings, run_migrations)
     except MigrationError as exc:
         raise click.ClickException(f"migration failed: {exc}") from None
-    click.echo(report.strip() or "migrations applied")
+    click.echo(summarize(report))
 
 
 @main.command()
@@ -91,6 +112,7 @@ def serve(host: str | None, port: int | None, workers: int | None, proxy_headers
     from portal.web import serving
 
     settings = _settings()
+    logs.configure(settings.log_level)
     if port is not None and "PORTAL_PUBLIC_URL" not in os.environ:
         # issue 16: an unset public URL follows the port.
         settings = msgspec.structs.replace(settings, port=port, public_url=f"http://localhost:{port}")
@@ -125,9 +147,7 @@ def worker(burst: bool) -> None:
         raise click.ClickException(
             "PORTAL_REDIS_URL is not set: without Redis the web process runs background jobs itself"
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level)
     from portal.jobs import run_worker
 
     run_worker(settings, burst=burst)
@@ -135,7 +155,10 @@ def worker(burst: bool) -> None:
 
 @main.command()
 def demo() -> None:
-    """Seed organization "Acme" with admin alice@acme.test and member bob@acme.test (once)."""
+    """Seed the demo organization Acme (once).
+
+    Admin alice@acme.test and member bob@acme.test, every feature on.
+    """
     settings = _settings()
     policy = _policy(settings)
     created = _with_db(settings, lambda: accounts.seed_demo(policy.roles))
@@ -155,7 +178,10 @@ def policy() -> None:
 @policy.command("check")
 @click.option("--dir", "directory", default=None, help="Policy directory (default PORTAL_POLICY_DIR).")
 def policy_check(directory: str | None) -> None:
-    """Validate the policy files; print file:line: message for each problem."""
+    """Validate the policy files.
+
+    Prints file:line: message for each problem and exits 1.
+    """
     directory = directory or _settings().policy_dir
     problems = check_policy_dir(directory)
     for problem in problems:
@@ -171,7 +197,10 @@ def policy_check(directory: str | None) -> None:
 @click.option("--user", "email", required=True, help="The user's email.")
 @click.option("--org", "org_ref", required=True, help="Organization id, name or external id.")
 def policy_explain(email: str, org_ref: str) -> None:
-    """For each permission and widget: allowed, or the reason it is denied."""
+    """Show what a user may do in an organization.
+
+    For each permission and widget: allowed, or the reason it is denied.
+    """
     from portal.web.explain import explain
     from portal.web.facts import load_facts
     from portal.web.registry import discover
@@ -200,9 +229,15 @@ def org() -> None:
 
 @org.command("create")
 @click.argument("name")
-@click.option("--display-name", default=None)
-@click.option("--external-id", default=None)
-@click.option("--feature", "features", multiple=True, help="Enable a feature (repeatable).")
+@click.option("--display-name", default=None, help="Name shown to people (default: NAME).")
+@click.option("--external-id", default=None, help="Your app's id for this organization (unique).")
+@click.option(
+    "--feature",
+    "features",
+    multiple=True,
+    type=click.Choice(FEATURES),
+    help=f"Enable a feature (repeatable): {', '.join(FEATURES)}.",
+)
 def org_create(
     name: str, display_name: str | None, external_id: str | None, features: tuple[str, ...]
 ) -> None:
@@ -215,6 +250,22 @@ def org_create(
     click.echo(f"{created['id']} {created['name']}")
 
 
+@org.command("list")
+def org_list() -> None:
+    """List organizations.
+
+    Id, name, display name, number of members, features.
+    """
+    settings = _settings()
+    rows = _with_db(settings, accounts.list_organizations)
+    for row in rows:
+        features = ",".join(row["features"]) or "-"
+        click.echo(
+            f"{row['id']}  {row['name']}  {row['display_name']!r}  members={row['members']}  features={features}"
+        )
+    click.echo(f"{len(rows)} organization(s)")
+
+
 @main.group()
 def user() -> None:
     """Manage users."""
@@ -222,8 +273,8 @@ def user() -> None:
 
 @user.command("create")
 @click.argument("email")
-@click.option("--given-name", default="")
-@click.option("--family-name", default="")
+@click.option("--given-name", default="", help="First name.")
+@click.option("--family-name", default="", help="Last name.")
 def user_create(email: str, given_name: str, family_name: str) -> None:
     """Create a user with EMAIL."""
     settings = _settings()
@@ -231,6 +282,33 @@ def user_create(email: str, given_name: str, family_name: str) -> None:
         settings, lambda: accounts.create_user(email, given_name=given_name, family_name=family_name)
     )
     click.echo(f"{created['id']} {created['email']}")
+
+
+@user.command("list")
+@click.option(
+    "--org", "org_ref", default=None, help="Only members of this organization (id, name or external id)."
+)
+def user_list(org_ref: str | None) -> None:
+    """List users (or an organization's members).
+
+    Id, email, name, and their organizations with roles.
+    """
+    settings = _settings()
+
+    async def work() -> list[dict[str, Any]]:
+        organization_id = None
+        if org_ref is not None:
+            organization = await accounts.find_organization(org_ref)
+            if organization is None:
+                raise click.ClickException(f"no organization {org_ref!r}")
+            organization_id = organization["id"]
+        return await accounts.list_users(organization_id)
+
+    rows = _with_db(settings, work)
+    for row in rows:
+        memberships = " ".join(f"{m['org']}:{'+'.join(m['roles'])}" for m in row["memberships"]) or "-"
+        click.echo(f"{row['id']}  {row['email']}  {row['name']!r}  {memberships}")
+    click.echo(f"{len(rows)} user(s)")
 
 
 @main.group()
@@ -260,9 +338,70 @@ def member_add(org_ref: str, email: str, roles: tuple[str, ...]) -> None:
     click.echo(f"{created['id']} roles={','.join(created['roles'])}")
 
 
+def _operator_change(org_ref: str, email: str, change: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run a Members-widget change as the operator: the widget's rules (last administrator, roles from the
+    policy) apply, except that the operator may grant and remove anyone."""
+    from widgets.members import service
+
+    settings = _settings()
+    engine = _policy(settings)
+
+    async def work() -> Any:
+        organization = await accounts.find_organization(org_ref)
+        if organization is None:
+            raise click.ClickException(f"no organization {org_ref!r}")
+        membership_id = await accounts.find_membership(organization["id"], email)
+        if membership_id is None:
+            raise click.ClickException(f"{email} is not a member of {organization['name']}")
+        actor = service.Actor(user_id="", organization_id=organization["id"], roles=engine.roles, ip="")
+        async with db.write_transaction():
+            return await change(engine, actor, membership_id, *args)
+
+    return _with_db(settings, work)
+
+
+@member.command("roles")
+@click.option("--org", "org_ref", required=True, help="Organization id, name or external id.")
+@click.option("--user", "email", required=True, help="The member's email.")
+@click.option(
+    "--role", "roles", multiple=True, required=True, help="The new roles, from the policy (repeatable)."
+)
+def member_roles(org_ref: str, email: str, roles: tuple[str, ...]) -> None:
+    """Replace a member's roles.
+
+    The organization keeps at least one active member who can change roles.
+    """
+    from widgets.members import service
+    from widgets.members.schemas import RolesForm
+
+    member, changed = _operator_change(org_ref, email, service.change_roles, RolesForm(roles=list(roles)))
+    new = sorted(set(roles))
+    click.echo(f"{member.email}: roles={','.join(new)}" + ("" if changed else " (unchanged)"))
+
+
+@member.command("remove")
+@click.option("--org", "org_ref", required=True, help="Organization id, name or external id.")
+@click.option("--user", "email", required=True, help="The member's email.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def member_remove(org_ref: str, email: str, yes: bool) -> None:
+    """Remove a member.
+
+    They lose access at once; the account is kept.
+    """
+    from widgets.members import service
+
+    if not yes:
+        click.confirm(f"Remove {email} from {org_ref}?", abort=True)
+    member = _operator_change(org_ref, email, service.remove)
+    click.echo(f"{member.email} removed from {org_ref}")
+
+
 @main.group()
 def secrets() -> None:
-    """Sealed secrets (signing keys, webhook secrets, IdP client secrets)."""
+    """Re-seal stored secrets after a key change.
+
+    Sealed secrets: signing keys, webhook secrets, IdP client secrets.
+    """
 
 
 @secrets.command("rotate")

@@ -49,7 +49,11 @@ async def test_add_copy_and_verify_a_domain(
     await expect(page.get_by_role("heading", name="Domains", exact=True)).to_be_visible()
     await page.get_by_label("Domain", exact=True).fill("gmail.com")
     await page.get_by_role("button", name="Add domain").click()
-    await expect(page.get_by_text("gmail.com is a free email provider")).to_be_visible()
+    await expect(page.locator("#domain-error")).to_contain_text("gmail.com is a free email provider")
+    # The error summary above the title names it too, and has the focus (issue 16).
+    summary = page.locator(".error-summary")
+    await expect(summary).to_contain_text("Domain: gmail.com is a free email provider")
+    await expect(summary).to_be_focused()
     await page.get_by_label("Domain", exact=True).fill("Example.COM")
     await page.get_by_role("button", name="Add domain").click()
     await expect(page.locator(".flash")).to_contain_text("example.com added")

@@ -174,3 +174,44 @@ async def test_add_a_passkey_sign_out_and_sign_in_with_it(
     await expect(page.get_by_text("with a passkey")).to_be_visible()
     assert problems == []
     await context.close()
+
+
+async def test_after_confirming_its_you_the_passkey_is_added_without_another_click(
+    browser: Browser,
+    live_server_env: dict[str, str],
+    mail: Mailbox,
+    policy: PolicyEngine,
+    db: Any,
+    request: Any,
+) -> None:
+    """Issue 16: step-up continues the original action (here, adding a passkey)."""
+    live_server_env["PORTAL_SMTP_URL"] = mail.url
+    acme = await accounts.create_organization("acme", "Acme")
+    alice = await accounts.create_user("alice@acme.test", given_name="Alice", family_name="Admin")
+    await accounts.add_member(acme["id"], alice["id"], ["admin"], known_roles=policy.roles)
+    server: LiveServer = request.getfixturevalue("live_server")
+    token, session_id = await sessions.create_session(
+        alice["id"], auth_method="email_code", organization_id=acme["id"]
+    )
+    # Signed in 20 minutes ago: adding a passkey asks to confirm first.
+    await Session.update({Session.authenticated_at: clock.utcnow() - timedelta(minutes=20)}).where(
+        Session.id == session_id
+    )
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    await context.add_cookies([{"name": "portal_session", "value": token, "url": server.url}])
+    page = await context.new_page()
+    cdp = await context.new_cdp_session(page)
+    await cdp.send("WebAuthn.enable")
+    await add_authenticator(cdp, synced=True)
+
+    await page.goto(f"{server.url}/ui/account/security")
+    await page.get_by_role("link", name="Add a passkey").click()
+    await expect(page.get_by_role("heading", name="Confirm it's you")).to_be_visible()
+    await expect(page.get_by_text("you signed in 20 minutes ago")).to_be_visible()
+    await page.get_by_role("button", name="Email me a code").click()
+    await page.get_by_role("textbox", name="Code").fill(await wait_for_code(mail, "alice@acme.test"))
+    await page.get_by_role("button", name="Confirm", exact=True).click()
+    # Back on Security, the passkey is created at once: the person asked for it before confirming.
+    await expect(page.get_by_text("added. Rename it below if you like.")).to_be_visible()
+    assert len(await Passkey.select().where(Passkey.user == alice["id"])) == 1
+    await context.close()

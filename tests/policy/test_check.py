@@ -56,11 +56,13 @@ def test_problem_format() -> None:
         ("g, lead", "g row needs 2 fields (role, parent role), got 1"),
         (
             "p3, admin, sk_org_users_read",
-            "unknown row type 'p3': use p (role, permission), p2 (permission, feature), g (role, parent role)",
+            "unknown row type 'p3': use p (role, permission), p2 (permission, feature), g (role, parent role), "
+            "role (role, title, description), label (permission, label)",
         ),
         (
             "x",
-            "unknown row type 'x': use p (role, permission), p2 (permission, feature), g (role, parent role)",
+            "unknown row type 'x': use p (role, permission), p2 (permission, feature), g (role, parent role), "
+            "role (role, title, description), label (permission, label)",
         ),
         (
             "p, admin, sk_org_user_read",
@@ -275,4 +277,82 @@ def test_model_and_row_problems_are_reported_together(tmp_path: Path) -> None:
     assert report(directory) == [
         "D/model.conf:10: p must have 2 fields (role, permission), got `p = x`",
         "D/roles.csv:4: p row needs 2 fields (role, permission), got 1",
+    ]
+
+
+# --- issue 16 §6: roles and permissions in plain language ---------------------------------------------------
+
+
+def test_the_shipped_policies_label_every_permission_and_title_every_role() -> None:
+    from policy import Permission, PolicyEngine
+
+    engine = PolicyEngine.from_dir(POLICIES)
+    for permission in Permission:
+        assert engine.permission_label(permission) != permission.value, permission
+    assert engine.role_title("admin") == "Administrator"
+    assert engine.role_title("member") == "Member"
+    assert engine.role_description("member") == "Sees the organization's settings and its members."
+
+
+def test_role_and_label_rows_are_read_with_commas_in_the_last_field(tmp_path: Path) -> None:
+    from policy import Permission, PolicyEngine
+
+    directory = policy_dir(
+        tmp_path,
+        roles=HEADER
+        + "role, support, Support agent, Helps customers: sees members, settings\n"
+        + "label, sk_org_users_read, See members, and invitations\n",
+    )
+    assert report(directory) == []
+    engine = PolicyEngine.from_dir(directory)
+    assert engine.role_title("support") == "Support agent"
+    assert engine.role_description("support") == "Helps customers: sees members, settings"
+    assert engine.permission_label(Permission.USERS_READ) == "See members, and invitations"
+    # Without rows: the key, and the labels of what the role grants.
+    (directory / "roles.csv").write_text(HEADER)
+    bare = PolicyEngine.from_dir(directory)
+    assert bare.role_title("support") == "support"
+    assert bare.role_description("support") == "sk_org_users_read"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("role, support", "role row needs 3 fields (role, title, description), got 1"),
+        ("role, support, Support", "role row needs 3 fields (role, title, description), got 2"),
+        ("role, support, , Helps", "role row has an empty title"),
+        (
+            "role, suport, Support, Helps",
+            "role row for 'suport', which grants nothing, did you mean support?",
+        ),
+        (
+            "role, nobody, Nobody, Nothing",
+            "role row for 'nobody', which grants nothing: add p rows for it first",
+        ),
+        ("role, support, " + "x" * 61 + ", Helps", "role row's title is 61 characters long; keep it to 60"),
+        (
+            "label, sk_org_users_reed, See",
+            "unknown permission 'sk_org_users_reed', did you mean sk_org_users_read?",
+        ),
+        ("label, sk_org_users_read", "label row needs 2 fields (permission, label), got 1"),
+        ("label, sk_org_users_read, ", "label row has an empty label"),
+    ],
+)
+def test_bad_plain_language_rows_name_file_and_line(tmp_path: Path, row: str, message: str) -> None:
+    directory = policy_dir(tmp_path, roles=HEADER + row + "\n")
+    assert report(directory) == [f"D/roles.csv:4: {message}"]
+
+
+def test_a_second_title_or_label_is_a_problem(tmp_path: Path) -> None:
+    directory = policy_dir(
+        tmp_path,
+        roles=HEADER
+        + "role, support, Support, Helps\n"
+        + "label, sk_org_users_read, See members\n"
+        + "role, support, Support 2, Helps\n"
+        + "label, sk_org_users_read, Members\n",
+    )
+    assert report(directory) == [
+        "D/roles.csv:6: second role row for 'support', first at line 4",
+        "D/roles.csv:7: second label row for 'sk_org_users_read', first at line 5",
     ]

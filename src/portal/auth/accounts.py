@@ -98,7 +98,7 @@ async def audit(
     """Write one audit event (DESIGN §3: every change made through the portal)."""
     await AuditEvent(
         organization_id=organization_id,
-        actor_id=actor_id,
+        actor_id=actor_id or None,  # "" is the operator (the portal command)
         action=action,
         target=target,
         details=details or {},
@@ -119,6 +119,58 @@ async def find_user(email: str) -> dict[str, Any] | None:
     """A user by (normalized) email."""
     row: dict[str, Any] | None = await User.select().where(User.email == email.strip().lower()).first()
     return row
+
+
+async def find_membership(organization_id: str, email: str) -> str | None:
+    """The id of ``email``'s membership (active or invited) in the organization, or None."""
+    row = (
+        await Membership.select(Membership.id)
+        .where((Membership.organization == organization_id) & (Membership.email == email.strip().lower()))
+        .first()
+    )
+    return None if row is None else str(row["id"])
+
+
+async def list_organizations() -> list[dict[str, Any]]:
+    """Every organization with its member count, by name."""
+    rows: list[dict[str, Any]] = (
+        await Organization.select(
+            Organization.id, Organization.name, Organization.display_name, Organization.features
+        )
+        .order_by(Organization.name)
+        .output(load_json=True)
+    )
+    counts: dict[str, int] = {}
+    for m in await Membership.select(Membership.organization):
+        counts[m["organization"]] = counts.get(m["organization"], 0) + 1
+    for row in rows:
+        row["features"] = sorted(row["features"] or [])
+        row["members"] = counts.get(row["id"], 0)
+    return rows
+
+
+async def list_users(organization_id: str | None = None) -> list[dict[str, Any]]:
+    """Every user (or the organization's members) by email, each with their organizations and roles."""
+    names = {o["id"]: o["name"] for o in await Organization.select(Organization.id, Organization.name)}
+    query = Membership.select(Membership.user, Membership.organization, Membership.roles)
+    memberships: list[dict[str, Any]] = await query.output(load_json=True)
+    by_user: dict[str, list[dict[str, Any]]] = {}
+    for m in memberships:
+        by_user.setdefault(m["user"], []).append(
+            {
+                "org": names.get(m["organization"], m["organization"]),
+                "id": m["organization"],
+                "roles": m["roles"],
+            }
+        )
+    users = await User.select(User.id, User.email, User.display_name).order_by(User.email)
+    out = []
+    for u in users:
+        mine = sorted(by_user.get(u["id"], []), key=lambda m: m["org"])
+        if organization_id is not None and not any(m["id"] == organization_id for m in mine):
+            continue
+        out.append({"id": u["id"], "email": u["email"], "name": u["display_name"], "memberships": mine})
+    return out
 
 
 async def create_organization(

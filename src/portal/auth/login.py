@@ -27,7 +27,7 @@ from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
 from portal.core.tables import Membership, Organization, User
 from portal.web import flash
-from portal.web.guard import auth_of, require_auth
+from portal.web.guard import ENDED_MESSAGES, auth_of, require_auth
 from portal.web.http import error_response
 from portal.web.pages import render
 from portal.web.shell import client_ip, safe_return_to
@@ -263,7 +263,7 @@ async def join(
 def code_mail(settings: Settings, code: str) -> tuple[str, str]:
     """Subject and text of the sign-in code email."""
     minutes = codes.DEFAULT_TTL_SECONDS // 60
-    subject = f"Your {settings.brand_name} sign-in code"
+    subject = mail.subject(settings, "your sign-in code")
     text = (
         f"Your code to sign in to {settings.brand_name}:\n\n"
         f"    {code}\n\n"
@@ -273,10 +273,10 @@ def code_mail(settings: Settings, code: str) -> tuple[str, str]:
     return subject, text
 
 
-async def deliver(settings: Settings, to: str, subject: str, text: str) -> None:
+async def deliver(settings: Settings, to: str, subject: str, text: str, code: str = "") -> None:
     """Send after the response, so the answer takes as long whether or not a mail goes out."""
     try:
-        await mail.send_mail(settings, to, subject, text)
+        await mail.send_mail(settings, to, subject, text, dev_log=f"sign-in code {code}" if code else "")
     except Exception:
         # SMTP or disk trouble must not show in the answer (it would tell who has an account): log it.
         log.exception("could not send the sign-in code to %s", to)
@@ -378,6 +378,7 @@ async def login_page(
     signed_out: FromQuery[str | None] = None,
     prompt: FromQuery[str | None] = None,
     login_hint: FromQuery[str | None] = None,
+    ended: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """The branded sign-in page: one email field. ``prompt=login`` (an app asking the user to sign in again,
     OIDC) shows it even with a live session; ``login_hint`` pre-fills the address."""
@@ -389,7 +390,7 @@ async def login_page(
         return_to=target,
         organization=_organization_ref(organization),
         email=(login_hint or "").strip()[:320],
-        notice="You have been signed out." if signed_out == "1" else None,
+        notice="You have been signed out." if signed_out == "1" else ENDED_MESSAGES.get(ended or ""),
     )
     settings: Settings = request.app.state.settings
     if request.cookies.get(sessions.cookie_name(settings)):
@@ -428,7 +429,7 @@ async def request_code(request: Request[Any, Any, Any], data: URLEncodedBody[Ema
     )
     background = None
     if allowed:
-        background = BackgroundTask(deliver, settings, email, *code_mail(settings, code))
+        background = BackgroundTask(deliver, settings, email, *code_mail(settings, code), code)
     else:
         await accounts.audit(
             "login.failed",

@@ -101,6 +101,9 @@ class Resolved:
     organization: dict[str, Any] | None
     #: Set when the cookie named a session that just ran out: ``idle`` or ``absolute``.
     expired: str | None = None
+    #: Why the cookie's session ended, if it names one that has (``idle``, ``absolute``, ``user``,
+    #: ``removed``…): the login page explains it (issue 16).
+    ended: str | None = None
 
 
 def _columns(table: type[Table], alias: str) -> tuple[str, list[tuple[str, str, bool]]]:
@@ -135,8 +138,10 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
     if not token or len(token) > 200:
         return Resolved(None, None, None)
     rows = await db.fetch(_RESOLVE, hash_secret(token))
-    if not rows or rows[0]["s__revoked_at"] is not None:
+    if not rows:
         return Resolved(None, None, None)
+    if rows[0]["s__revoked_at"] is not None:
+        return Resolved(None, None, None, ended=rows[0]["s__revoke_reason"])
     row = rows[0]
     session, user = _part(row, _SESSION_KEYS), _part(row, _USER_KEYS)
     organization = _part(row, _ORG_KEYS) if row["o__id"] is not None else None
@@ -144,7 +149,7 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
     reason = expiry_reason(session, effective_timeouts(settings, organization), now)
     if reason is not None:
         await revoke(session["id"], reason)
-        return Resolved(None, None, None, expired=reason)
+        return Resolved(None, None, None, expired=reason, ended=reason)
     if now - session["last_seen_at"] >= TOUCH_INTERVAL:
         await Session.update({Session.last_seen_at: now}).where(Session.id == session["id"])
         session["last_seen_at"] = now

@@ -69,6 +69,14 @@ def normalize_domain(raw: str, field: str = "domain") -> str:
     return ascii_form
 
 
+def display_domain(domain: str) -> str:
+    """The Unicode form of a stored IDNA name, for people (``xn--bcher-kva.example`` → ``bücher.example``)."""
+    try:
+        return str(idna.decode(domain))
+    except (idna.IDNAError, UnicodeError):
+        return domain
+
+
 def normalize_domains(values: list[str], field: str = "domains") -> list[str]:
     """Normalize each domain, de-duplicated and sorted; the first bad one raises :class:`InvalidInput`."""
     return sorted({normalize_domain(value, field) for value in values if value.strip()})

@@ -89,3 +89,24 @@ class BatchingHandler(logging.Handler):
 
     def flush(self) -> None:
         flush()
+
+
+# --- One log format for every process the ``portal`` command starts (serve, worker); issue 16.
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+#: Libraries whose INFO lines are noise for an operator: Casbin prints its whole model each time a policy
+#: loads (every SIGHUP); uvicorn's access log is replaced by the portal's own request line.
+QUIET = {"casbin": logging.WARNING, "uvicorn.access": logging.WARNING}
+
+
+def configure(level: str) -> None:
+    """Root logging at ``level`` with :data:`FORMAT` through a :class:`BatchingHandler`; uvicorn's and arq's
+    loggers write through it."""
+    logging.basicConfig(level=level.upper(), format=FORMAT, force=True, handlers=[BatchingHandler()])
+    for name, floor in QUIET.items():
+        logging.getLogger(name).setLevel(max(floor, logging.getLevelName(level.upper())))
+    for name in ("uvicorn", "uvicorn.error", "arq"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import logging
 import re
@@ -23,8 +24,50 @@ SMTP_TIMEOUT = 15.0
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9@._+-]")
 
 
+_URL = re.compile(r"https?://[^\s<>\"']+")
+
+
+def subject(settings: Settings, what: str) -> str:
+    """Every subject has one style: ``<brand>: <what>`` (codes never go in a subject, which lock screens
+    and notifications show)."""
+    return f"{settings.brand_name}: {what}"
+
+
+def text_to_html(settings: Settings, title: str, text: str) -> str:
+    """The HTML alternative of a plain-text message: same words, paragraphs kept, an indented line (a code
+    or a link) set apart, links clickable. Inline styles only: mail clients drop style sheets."""
+    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
+    parts = []
+    for block in blocks:
+        if all(line.startswith("    ") for line in block.splitlines()):
+            inner = html.escape(block.strip())
+            if _URL.fullmatch(block.strip()):
+                inner = f'<a href="{inner}" style="color:{settings.brand_primary_color}">{inner}</a>'
+                parts.append(f'<p style="margin:16px 0;word-break:break-all">{inner}</p>')
+            else:
+                parts.append(
+                    '<p style="margin:16px 0;font:600 24px/1.2 ui-monospace,monospace;letter-spacing:4px">'
+                    f"{inner}</p>"
+                )
+            continue
+        escaped = html.escape(block)
+        linked = _URL.sub(lambda m: f'<a href="{m.group(0)}">{m.group(0)}</a>', escaped)
+        parts.append(f'<p style="margin:12px 0">{linked.replace(chr(10), "<br>")}</p>')
+    brand = html.escape(settings.brand_name)
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>"
+        '<body style="margin:0;padding:24px;background:#f6f7f9;font:16px/1.5 system-ui,sans-serif;color:#1b1f24">'
+        '<div style="max-width:560px;margin:0 auto;background:#fff;border:1px solid #d8dde3;border-radius:8px;'
+        'padding:24px">'
+        f'<p style="margin:0 0 16px;font-weight:700;color:{settings.brand_primary_color}">{brand}</p>'
+        f"{''.join(parts)}</div></body></html>"
+    )
+
+
 def build_message(settings: Settings, to: str, subject: str, text: str) -> EmailMessage:
-    """A plain-text message with From, To, Subject, Date and Message-ID."""
+    """A multipart message (plain text, and the same words as HTML) with From, To, Subject, Date and
+    Message-ID."""
     message = EmailMessage()
     message["From"] = settings.mail_from
     message["To"] = to
@@ -32,18 +75,26 @@ def build_message(settings: Settings, to: str, subject: str, text: str) -> Email
     message["Date"] = format_datetime(clock.utcnow())
     message["Message-ID"] = make_msgid(domain=_sender_domain(settings))
     message.set_content(text)
+    message.add_alternative(text_to_html(settings, subject, text), subtype="html")
     return message
 
 
-async def send_mail(settings: Settings, to: str, subject: str, text: str) -> None:
-    """Send one message: over SMTP when configured, else written to the development outbox and logged."""
+async def send_mail(settings: Settings, to: str, subject: str, text: str, *, dev_log: str = "") -> None:
+    """Send one message: over SMTP when configured, else written to the development outbox and logged.
+
+    ``dev_log`` (a sign-in code, a link) is added to the log line in the development outbox mode only, so
+    that a developer can sign in from the console; with SMTP it is never logged.
+    """
     message = build_message(settings, to, subject, text)
     if settings.smtp_url:
         await _send_smtp(settings.smtp_url, message)
         log.info("mail to %s sent (%s)", to, subject)
     else:
         path = write_outbox(settings, to, message)
-        log.info("mail to %s written to %s", to, path)
+        if dev_log:
+            log.info("mail to %s written to %s (development outbox: %s)", to, path, dev_log)
+        else:
+            log.info("mail to %s written to %s", to, path)
 
 
 async def _send_smtp(url: str, message: EmailMessage) -> None:

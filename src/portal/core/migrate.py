@@ -21,3 +21,17 @@ async def migrate() -> str:
     if not result.success:
         raise MigrationError(result.message or report.getvalue())
     return report.getvalue()
+
+
+def summarize(report: str) -> str:
+    """One line for people instead of piccolo's report (whose fresh-database counts read "11 already
+    complete / 11 not yet run"): how many migrations ran, or that there was nothing to do."""
+    ran = [
+        line.split()[1]
+        for line in report.splitlines()
+        if "[forwards]" in line and line.strip().startswith("-")
+    ]
+    if not ran:
+        return "The database is up to date: no migrations to run."
+    plural = "" if len(ran) == 1 else "s"
+    return f"Applied {len(ran)} migration{plural} (last {ran[-1]}); the database is up to date."

@@ -38,8 +38,9 @@ class SettingsError(Exception):
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     """Everything the portal can be configured with. Field ``x`` is read from ``PORTAL_X``."""
 
-    #: ``sqlite:///relative/or/absolute/path`` (embedded default) or ``postgresql://user@host:port/db``.
-    database_url: str = "sqlite:///./var/portal.sqlite3"
+    #: ``sqlite:///relative/or/absolute/path`` or ``postgresql://user@host:port/db``. Unset (empty): the
+    #: embedded SQLite file ``<data_dir>/portal.sqlite3`` (issue 16).
+    database_url: str = ""
     #: ``redis://host:port/db``. Unset: background jobs run inside the web process.
     redis_url: str | None = None
     #: Signs CSRF tokens. Unset: a random key is generated once and kept in ``<data_dir>/secret_key``.
@@ -109,6 +110,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # --- end issue 15: serving
 
     def __post_init__(self) -> None:
+        # --- issue 16: newuser
+        if not self.database_url:
+            # The data directory holds the default SQLite file, as the settings table says.
+            default = f"sqlite:///{self.data_dir.rstrip('/')}/portal.sqlite3"
+            msgspec.structs.force_setattr(self, "database_url", default)
+        if self.session_idle_timeout > self.session_absolute_timeout:
+            raise SettingsError(
+                "session_idle_timeout",
+                f"{_describe(self.session_idle_timeout)} is longer than PORTAL_SESSION_ABSOLUTE_TIMEOUT "
+                f"({_describe(self.session_absolute_timeout)}): every session would end at the absolute "
+                "timeout first; make the idle timeout shorter",
+            )
+        # --- end issue 16: newuser
         scheme = urlsplit(self.database_url).scheme
         if scheme not in {"sqlite", "postgres", "postgresql"}:
             raise SettingsError("database_url", "must start with sqlite:/// or postgresql://")
@@ -162,6 +176,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         if not self.database_url.startswith("sqlite:"):
             return None
         return Path(self.database_url.removeprefix("sqlite:").removeprefix("///").removeprefix("//"))
+
+
+def _describe(seconds: int) -> str:
+    """A duration the way the environment writes it: ``7d``, ``12h``, ``15m`` or ``90s``."""
+    for suffix, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{suffix}"
+    return f"{seconds}s"
 
 
 def _parse(field: str, annotation: Any, raw: str) -> Any:

@@ -471,6 +471,19 @@ class JobOutbox(Table, tablename="job_outbox"):
 # --- end issue 15: serving
 
 
+# --- issue 16: newuser
+
+
+class InvitationReplacedToken(Table, tablename="invitation_replaced_token"):
+    """The link of an invitation that a resend replaced, so that opening it says a newer one was sent
+    (instead of "this link does not work"). Only the SHA-256 of the old token is kept."""
+
+    #: SHA-256 of the replaced token.
+    token_hash = Varchar(length=64, primary_key=True)
+    invitation = ForeignKey(references=Invitation, on_delete=OnDelete.cascade, null=False, index=True)
+    replaced_at = Timestamptz(default=TimestamptzNow())
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -492,6 +505,7 @@ TABLES: tuple[type[Table], ...] = (
     SsoRequest,
     SsoAssertion,
     JobOutbox,  # issue 15: serving
+    InvitationReplacedToken,  # issue 16: newuser
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

@@ -9,7 +9,10 @@ from portal.core.settings import ensure_secret_key
 
 @click.group("client")
 def client() -> None:
-    """OpenID Connect clients: the apps that sign their users in through the portal."""
+    """Register the apps that sign users in (OIDC clients).
+
+    OpenID Connect clients: the apps that sign their users in through the portal.
+    """
 
 
 @client.command("create")
@@ -20,7 +23,13 @@ def client() -> None:
 @click.option("--post-logout-redirect-uri", "post_logout", multiple=True, help="Repeatable.")
 @click.option("--backchannel-logout-uri", default=None, help="Receives back-channel logout tokens.")
 @click.option("--public", is_flag=True, help="No secret (a browser or mobile app); PKCE S256 required.")
-@click.option("--signing-alg", type=click.Choice(["ES256", "RS256"]), default="ES256", show_default=True)
+@click.option(
+    "--signing-alg",
+    type=click.Choice(["ES256", "RS256"]),
+    default="ES256",
+    show_default=True,
+    help="Algorithm of this client's ID tokens (RS256 if its library cannot verify ES256).",
+)
 def client_create(
     name: str,
     redirect_uris: tuple[str, ...],
@@ -29,7 +38,10 @@ def client_create(
     public: bool,
     signing_alg: str,
 ) -> None:
-    """Register a client; prints its client_id and (confidential clients) its secret, shown only now."""
+    """Register a client.
+
+    Prints its client_id and (confidential clients) its secret, shown only now.
+    """
     from portal.cli import _settings, _with_db
     from portal.oidc import clients
 
@@ -80,7 +92,10 @@ def client_delete(client_id: str) -> None:
 @client.command("rotate-secret")
 @click.argument("client_id")
 def client_rotate_secret(client_id: str) -> None:
-    """A new secret for a confidential client (the old one stops working); shown only now."""
+    """Give a confidential client a new secret.
+
+    The old one stops working; the new one is shown only now.
+    """
     from portal.cli import _settings, _with_db
     from portal.oidc import clients
 
@@ -95,7 +110,10 @@ def keys_group() -> None:
 
 @keys_group.command("rotate")
 def keys_rotate() -> None:
-    """Add a new ES256 and RS256 signing key; old keys stay in the JWKS until their tokens expire."""
+    """Add new signing keys.
+
+    A new ES256 and RS256 key; old keys stay in the JWKS until their tokens expire.
+    """
     from portal.cli import _settings, _with_db
     from portal.oidc import keys
 

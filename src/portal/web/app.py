@@ -24,7 +24,7 @@ from piccolo.engine.base import Engine
 from policy import PolicyEngine, PolicyError
 from portal import oidc
 from portal.auth import login, passkey_login
-from portal.core import db
+from portal.core import db, logs
 from portal.core.settings import Settings, ensure_secret_key
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
 from portal.sso import routes as sso_routes
@@ -178,9 +178,17 @@ def create_app(
         template_config=template_config,
         logging_config=LoggingConfig(
             # Log lines written in batches by a background thread (portal.core.logs): the default queue
-            # handler costs a thread switch per line, and every request logs one.
+            # handler costs a thread switch per line, and every request logs one. One format for every line
+            # the process writes (issue 16): the CLI's, before the app starts, is the same.
             handlers={"portal": {"class": "portal.core.logs.BatchingHandler", "formatter": "standard"}},
-            loggers={"litestar": {"level": "INFO", "handlers": ["portal"], "propagate": False}},
+            formatters={"standard": {"format": logs.FORMAT}},
+            loggers={
+                "litestar": {"level": "INFO", "handlers": ["portal"], "propagate": False},
+                **{
+                    name: {"level": logging.getLevelName(level), "propagate": True}
+                    for name, level in logs.QUIET.items()
+                },
+            },
             root={"level": settings.log_level.upper(), "handlers": ["portal"]},
             log_exceptions="never",
             disable_stack_trace={404, 401, 403, 405, 429},

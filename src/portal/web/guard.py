@@ -55,10 +55,10 @@ _MEMBERSHIPS = (
 
 
 async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None, str | None]:
-    """Resolve the cookie to (Auth, None), or (None, expiry reason or None)."""
+    """Resolve the cookie to (Auth, None), or (None, why the cookie's session ended, or None)."""
     resolved = await sessions.resolve(settings, token)
     if resolved.session is None or resolved.user is None:
-        return None, resolved.expired
+        return None, resolved.ended
     rows = await db.fetch(_MEMBERSHIPS, resolved.user["id"])
     organization = resolved.organization
     roles: tuple[str, ...] | None = None
@@ -82,10 +82,10 @@ class SessionMiddleware:
         if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(UNAUTHENTICATED_PREFIXES):
             settings: Settings = scope["litestar_app"].state.settings
             token = _cookie(scope, sessions.cookie_name(settings))
-            auth, expired = await load_auth(settings, token)
+            auth, ended = await load_auth(settings, token)
             state = scope.setdefault("state", {})
             state["auth"] = auth
-            state["session_expired"] = expired
+            state["session_ended"] = ended
         await self.app(scope, receive, send)
 
 
@@ -122,9 +122,9 @@ class SignInRequired(NotAuthorizedException):
 class Denied(PermissionDeniedException):
     """The policy said no; the decision says why."""
 
-    def __init__(self, decision: Decision) -> None:
+    def __init__(self, decision: Decision, policy: PolicyEngine | None = None) -> None:
         self.decision = decision
-        super().__init__(detail=describe_denial(decision))
+        super().__init__(detail=describe_denial(decision, policy))
 
 
 _FEATURE_TITLES = {
@@ -135,14 +135,20 @@ _FEATURE_TITLES = {
 }
 
 
-def describe_denial(decision: Decision) -> str:
-    """A sentence for the 403 page that names what is missing."""
+def describe_denial(decision: Decision, policy: PolicyEngine | None = None) -> str:
+    """A sentence for the 403 page that names what is missing, in the policy's words with the key after."""
     reason = decision.reason.value if decision.reason else ""
     if reason == "not_member":
         return "You are not a member of this organization. Choose one of your organizations."
     if reason == "feature_disabled":
         title = _FEATURE_TITLES.get(decision.missing or "", decision.missing or "this feature")
         return f"{title} is not enabled for this organization (feature {decision.missing})."
+    label = policy.permission_label(decision.missing or "") if policy is not None else decision.missing
+    if label and label != decision.missing:
+        return (
+            f"Your role does not allow this: “{label}” (permission {decision.missing}). "
+            "Ask an administrator for access."
+        )
     return f"Your role does not include the permission {decision.missing}. Ask an administrator for access."
 
 
@@ -167,10 +173,24 @@ async def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     feature = opt.get("feature")
     decision = auth.decide(policy, permission, feature if isinstance(feature, Feature) else None)
     if not decision:
-        raise Denied(decision)
+        raise Denied(decision, policy)
 
 
-def login_url(path: str, query: str = "") -> str:
-    """The login page that returns to ``path`` (with its query) afterwards."""
+def login_url(path: str, query: str = "", ended: str | None = None) -> str:
+    """The login page that returns to ``path`` (with its query) afterwards; ``ended`` (why the session
+    ended) lets it say so."""
     target = path + (f"?{query}" if query else "")
-    return f"/login?return_to={quote(target, safe='/')}"
+    url = f"/login?return_to={quote(target, safe='/')}"
+    if ended in ENDED_MESSAGES:
+        url += f"&ended={ended}"
+    return url
+
+
+#: What the login page says after a session ended by itself or elsewhere (not for a sign-out here: that
+#: page says "You have been signed out").
+ENDED_MESSAGES = {
+    "idle": "You were signed out because you were inactive for too long. Sign in again to continue.",
+    "absolute": "Your session reached its maximum length and ended. Sign in again to continue.",
+    "user": "This session was signed out from another browser or device. Sign in again to continue.",
+    "replaced": "You signed in again in this browser, so the earlier session ended. Sign in to continue.",
+}

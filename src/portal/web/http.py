@@ -115,6 +115,11 @@ def error_response(request: Request[Any, Any, Any], status: int, detail: str, **
     request_id = request_id_of(request.scope)
     if wants_html(request):
         context = {"status": status, "title": title, "detail": detail, "request_id": request_id, **extra}
+        if request.scope.get("state", {}).get("auth") is not None:
+            # Signed in: the error keeps the portal's header and navigation (issue 16).
+            from portal.web.pages import render
+
+            return render(request, "portal/error_shell.html", status_code=status, **context)
         return Template("portal/error.html", context=context, status_code=status)
     body: dict[str, Any] = {"error": {"status": status, "title": title, "detail": detail, **extra}}
     body["error"]["request_id"] = request_id
@@ -132,7 +137,8 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         # The path as the browser asked for it: the router drops a trailing slash from scope["path"].
         raw = request.scope.get("raw_path")
         path = unquote(raw.decode("latin-1")) if isinstance(raw, bytes) and raw else request.url.path
-        return Redirect(login_url(path, request.url.query), status_code=303)
+        ended = request.scope.get("state", {}).get("session_ended")
+        return Redirect(login_url(path, request.url.query, ended), status_code=303)
     extra: dict[str, Any] = {}
     if isinstance(exc, Denied):
         extra["reason"] = exc.decision.reason.value if exc.decision.reason else None

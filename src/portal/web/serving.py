@@ -90,9 +90,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from portal.core import logs
+
+    logs.configure(settings.log_level)
 
 
 def app_from_environment() -> Litestar:

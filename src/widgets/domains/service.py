@@ -19,11 +19,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import idna
 from piccolo.engine.sqlite import SQLiteEngine
 
 from portal.auth import accounts
-from portal.core import clock, db
+from portal.core import clock, db, domains
 from portal.core.domains import normalize_domain
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
@@ -79,11 +78,9 @@ def expired_reason(settings: Settings) -> str:
 
 
 def display_name(domain: str) -> str:
-    """The Unicode form of an IDNA name (``xn--bcher-kva.example`` → ``bücher.example``)."""
-    try:
-        return idna.decode(domain)
-    except idna.IDNAError:
-        return domain
+    """The Unicode form of an IDNA name (``xn--bcher-kva.example`` → ``bücher.example``); the same rule as
+    Organization settings uses."""
+    return domains.display_domain(domain)
 
 
 def _view(row: dict[str, Any], settings: Settings) -> DomainView:

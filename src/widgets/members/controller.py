@@ -26,7 +26,14 @@ from portal.web.http import error_response, wants_html
 from portal.web.pages import policy_of, render, settings_of
 from portal.web.shell import client_ip
 from widgets.members import service
-from widgets.members.schemas import AcceptForm, InvitationView, InviteForm, MemberQuery, RolesForm
+from widgets.members.schemas import (
+    AcceptForm,
+    InvitationView,
+    InviteForm,
+    MemberQuery,
+    RemoveForm,
+    RolesForm,
+)
 
 if TYPE_CHECKING:
     from portal.web.registry import Widget
@@ -123,6 +130,7 @@ async def _list_page(
         labels=LABELS,
         ttl_days=max(1, round(settings_of(request).invitation_ttl / 86400)),
         me=actor.user_id,
+        outranks=lambda m: m.user_id == actor.user_id or policy.grants_subset(actor.roles, m.roles),
     )
 
 
@@ -152,6 +160,22 @@ async def _member_page(
         checked_roles=checked,
         errors=errors or {},
         labels=LABELS,
+    )
+
+
+async def _remove_page(request: Request[Any, Any, Any], member_id: str) -> Response[Any]:
+    """The confirmation step before a removal: who, what they lose, and the button that does it."""
+    actor = _actor(request)
+    try:
+        member = await service.get_member(actor.organization_id, member_id)
+    except service.NotFound:
+        raise NotFoundException("No such member in this organization.") from None
+    return render(
+        request,
+        "members/remove.html",
+        widget=_widget(),
+        member=member,
+        is_self=member.user_id == actor.user_id,
     )
 
 
@@ -282,14 +306,30 @@ class MembersController(Controller):
                 ),
             )
         who = member.name or member.email
+        back = URL if data.back == "list" else f"{URL}/{member.id}"
         if not changed:
-            return _back(request, f"{URL}/{member.id}", "Nothing changed.")
-        return _back(request, f"{URL}/{member.id}", f"Roles of {who} saved.")
+            return _back(request, back, f"Nothing changed: {who} already has these roles.")
+        return _back(request, back, f"Roles of {who} saved.")
+
+    @get("/{member_id:str}/remove", opt=DELETE)
+    async def confirm_remove(
+        self, request: Request[Any, Any, Any], member_id: FromPath[str]
+    ) -> Response[Any]:
+        """Ask before removing: the page says what the member loses; nothing changes until confirmed."""
+        return await _remove_page(request, member_id)
 
     @post("/{member_id:str}/remove", opt=DELETE, status_code=303)
-    async def remove(self, request: Request[Any, Any, Any], member_id: FromPath[str]) -> Response[Any]:
-        """Remove the member from the organization; they lose access at their next request."""
+    async def remove(
+        self, request: Request[Any, Any, Any], member_id: FromPath[str], data: URLEncodedBody[RemoveForm]
+    ) -> Response[Any]:
+        """Remove the member from the organization; they lose access at their next request.
+
+        A browser's form must carry ``confirm=yes`` (the confirmation page's button); without it the
+        confirmation page is shown and nothing changes. API clients (JSON) confirm by calling.
+        """
         actor = _actor(request)
+        if wants_html(request) and data.confirm != "yes":
+            return await _remove_page(request, member_id)
         try:
             async with db.write_transaction():
                 member = await service.remove(policy_of(request), actor, member_id)
@@ -313,7 +353,7 @@ class MembersController(Controller):
 # --- accepting an invitation (public) -----------------------------------------------------------------------
 
 #: Status of the page for each state of an unusable link.
-_GONE = {"unknown": 404, "expired": 410, "revoked": 410, "accepted": 410}
+_GONE = {"unknown": 404, "expired": 410, "revoked": 410, "accepted": 410, "replaced": 410}
 
 
 def _accept_page(

@@ -29,6 +29,14 @@ class RolesForm(msgspec.Struct):
     """A member's new roles."""
 
     roles: Roles = msgspec.field(default_factory=list)
+    #: ``list`` when the form was the inline one on the members table: go back there afterwards.
+    back: str = ""
+
+
+class RemoveForm(msgspec.Struct):
+    """Removing a member. A browser must send ``confirm=yes`` (the confirmation page's button)."""
+
+    confirm: str = ""
 
 
 class AcceptForm(msgspec.Struct):
@@ -104,5 +112,5 @@ class InvitationView(msgspec.Struct, frozen=True):
     roles: list[str]
     invited_by: str
     expires_at: datetime
-    #: ``open``, ``expired``, ``revoked`` or ``accepted``.
+    #: ``open``, ``expired``, ``revoked``, ``accepted`` or ``replaced`` (an old link of a resent invitation).
     state: str

@@ -32,7 +32,15 @@ from portal.core import db, ids, mail
 from portal.core.clock import utcnow
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
-from portal.core.tables import AuditEvent, Invitation, Membership, Organization, Session, User
+from portal.core.tables import (
+    AuditEvent,
+    Invitation,
+    InvitationReplacedToken,
+    Membership,
+    Organization,
+    Session,
+    User,
+)
 from portal.web.forms import FormErrors
 from widgets.members.schemas import (
     InvitationView,
@@ -68,6 +76,17 @@ LAST_ROLE_CHANGER = (
     "{name} is the last active member who can change roles. Give that permission to someone else first, "
     "so that the organization is never left without an administrator."
 )
+#: The same refusal when the member is the one asking.
+LAST_ROLE_CHANGER_SELF = (
+    "You are the last active member who can change roles. Give that permission to someone else first, "
+    "so that the organization is never left without an administrator."
+)
+
+
+def _last_role_changer(actor: Actor, member: Member) -> str:
+    if member.user_id == actor.user_id:
+        return LAST_ROLE_CHANGER_SELF
+    return LAST_ROLE_CHANGER.format(name=member.name or member.email)
 
 
 class NotFound(Exception):
@@ -97,17 +116,17 @@ class Actor:
 
 
 def describe_role(policy: PolicyEngine, role: str) -> str:
-    """What a role grants, for pickers: ``all 12 permissions`` or the permission names."""
-    granted = policy.permissions_for(role)
-    if len(granted) == len(Permission):
-        return f"All {len(Permission)} permissions"
-    return ", ".join(sorted(p.value for p in granted)) or "No permissions"
+    """What a role means, for pickers: its description from the policy files, else what it grants."""
+    return policy.role_description(role)
 
 
-def role_choices(policy: PolicyEngine, actor_roles: Iterable[str]) -> list[tuple[str, str, bool]]:
-    """(role, description, whether the actor may grant it) for every role the policy defines."""
+def role_choices(policy: PolicyEngine, actor_roles: Iterable[str]) -> list[tuple[str, str, str, bool]]:
+    """(role key, title, description, whether the actor may grant it) for every role the policy defines."""
     mine = list(actor_roles)
-    return [(role, describe_role(policy, role), policy.grants_subset(mine, [role])) for role in policy.roles]
+    return [
+        (role, policy.role_title(role), describe_role(policy, role), policy.grants_subset(mine, [role]))
+        for role in policy.roles
+    ]
 
 
 def role_list(raw: Roles) -> list[str]:
@@ -137,10 +156,11 @@ def check_grant(policy: PolicyEngine, actor_roles: Sequence[str], roles: Sequenc
     for role in roles:
         missing = sorted(p.value for p in policy.permissions_for(role) - held)
         if missing:
+            labels = ", ".join(f"{policy.permission_label(p)} ({p})" for p in missing)
             raise FormErrors(
                 {
-                    "roles": f"You cannot grant the role {role}: it carries permissions you do not hold "
-                    f"({', '.join(missing)})."
+                    "roles": f"You cannot grant the role {policy.role_title(role)} ({role}): it carries "
+                    f"permissions you do not hold: {labels}."
                 },
                 status_code=403,
             )
@@ -539,6 +559,7 @@ async def _open_invitation(organization_id: str, invitation_id: str) -> dict[str
             Invitation.id,
             Invitation.email,
             Invitation.roles,
+            Invitation.token_hash,
             Invitation.accepted_at,
             Invitation.revoked_at,
         )
@@ -564,6 +585,8 @@ async def resend(
     await _check_send_rate(actor.organization_id, 1, "invitation")
     token = ids.new_secret("inv")
     expires_at = utcnow() + timedelta(seconds=settings.invitation_ttl)
+    # The old link stops working, but says that a newer invitation was sent (not "does not work").
+    await InvitationReplacedToken(token_hash=row["token_hash"], invitation=row["id"]).save()
     await Invitation.update(
         {Invitation.token_hash: ids.hash_secret(token), Invitation.expires_at: expires_at}
     ).where((Invitation.id == row["id"]) & (Invitation.organization == actor.organization_id))
@@ -611,7 +634,7 @@ def invitation_mail(
 ) -> tuple[str, str]:
     """Subject and text of an invitation email."""
     who = (inviter.get("display_name") or "").strip() or inviter["email"]
-    subject = f"{who} invited you to join {organization} on {settings.brand_name}"
+    subject = mail.subject(settings, f"{who} invited you to join {organization}")
     role_text = ", ".join(roles)
     text = (
         f"{who} ({inviter['email']}) invited you to join {organization} on {settings.brand_name}"
@@ -659,7 +682,9 @@ async def send_invitations(
             expires_at=row["expires_at"],
         )
         try:
-            await mail.send_mail(settings, email, subject, text)
+            await mail.send_mail(
+                settings, email, subject, text, dev_log=f"invitation link {accept_url(settings, token)}"
+            )
         except Exception:  # SMTP or disk: the admin is told, the log gets the cause.
             log.exception("could not send the invitation %s to %s", invitation_id, email)
             failed.append(email)
@@ -687,7 +712,7 @@ async def change_roles(
         and not changers & set(roles)
         and not await _another_role_changer(policy, actor.organization_id, member.id)
     ):
-        raise FormErrors({"roles": LAST_ROLE_CHANGER.format(name=member.name or member.email)}, 409)
+        raise FormErrors({"roles": _last_role_changer(actor, member)}, 409)
     await Membership.update({Membership.roles: roles, Membership.updated_at: utcnow()}).where(
         (Membership.id == member.id) & (Membership.organization == actor.organization_id)
     )
@@ -712,7 +737,7 @@ async def remove(policy: PolicyEngine, actor: Actor, member_id: str) -> Member:
         and set(_role_changers(policy)) & set(member.roles)
         and not await _another_role_changer(policy, actor.organization_id, member.id)
     ):
-        raise FormErrors({"member": LAST_ROLE_CHANGER.format(name=member.name or member.email)}, 409)
+        raise FormErrors({"member": _last_role_changer(actor, member)}, 409)
     await Membership.delete().where(
         (Membership.id == member.id) & (Membership.organization == actor.organization_id)
     )
@@ -776,8 +801,35 @@ async def find_invitation(token: str) -> InvitationView | None:
         .first()
         .output(load_json=True)
     )
+    replaced = False
     if row is None:
-        return None
+        old = (
+            await InvitationReplacedToken.select(InvitationReplacedToken.invitation)
+            .where(InvitationReplacedToken.token_hash == ids.hash_secret(token))
+            .first()
+        )
+        if old is None:
+            return None
+        row = await (
+            Invitation.select(
+                Invitation.id,
+                Invitation.organization.id.as_alias("organization_id"),
+                Invitation.organization.display_name.as_alias("organization_name"),
+                Invitation.email,
+                Invitation.roles,
+                Invitation.invited_by.display_name.as_alias("by_name"),
+                Invitation.invited_by.email.as_alias("by_email"),
+                Invitation.expires_at,
+                Invitation.accepted_at,
+                Invitation.revoked_at,
+            )
+            .where(Invitation.id == old["invitation"])
+            .first()
+            .output(load_json=True)
+        )
+        if row is None:  # pragma: no cover - the cascade deletes replaced tokens with their invitation
+            return None
+        replaced = True
     return InvitationView(
         id=row["id"],
         organization_id=row["organization_id"],
@@ -786,7 +838,9 @@ async def find_invitation(token: str) -> InvitationView | None:
         roles=_json_list(row["roles"]),
         invited_by=(row["by_name"] or row["by_email"] or ""),
         expires_at=row["expires_at"],
-        state=_state(row, utcnow()),
+        # An old link of an invitation still open says a newer one was sent; if the invitation has since
+        # been accepted, revoked or has expired, the old link says that.
+        state="replaced" if replaced and _state(row, utcnow()) == "open" else _state(row, utcnow()),
     )
 
 

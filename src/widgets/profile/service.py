@@ -220,7 +220,9 @@ async def request_email_change(
         new_email, CODE_PURPOSE, user_id=user["id"], ip=ip, details={"new_email": new_email}
     )
     try:
-        await mail.send_mail(settings, new_email, *_code_message(settings, code))
+        await mail.send_mail(
+            settings, new_email, *_code_message(settings, code), dev_log=f"confirmation code {code}"
+        )
     except Exception:  # SMTP or disk: the user gets a message, the log gets the cause.
         log.exception("could not send the email change code to %s", new_email)
         raise FormErrors({"new_email": "We could not send the email. Try again in a few minutes."}) from None
@@ -236,7 +238,7 @@ async def request_email_change(
 
 
 def _code_message(settings: Settings, code: str) -> tuple[str, str]:
-    subject = f"{code} is your code to confirm your new email address"
+    subject = mail.subject(settings, "confirm your new email address")
     text = (
         f"Enter this code in {settings.brand_name} to make this your email address:\n\n"
         f"    {code}\n\n"
@@ -325,6 +327,8 @@ async def notify_old_address(settings: Settings, old_email: str) -> None:
         "address. If you did not do this, contact your administrator at once.\n"
     )
     try:
-        await mail.send_mail(settings, old_email, "Your email address was changed", text)
+        await mail.send_mail(
+            settings, old_email, mail.subject(settings, "your email address was changed"), text
+        )
     except Exception:  # best effort: the change itself is committed.
         log.exception("could not notify %s of an email change", old_email)

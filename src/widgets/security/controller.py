@@ -46,8 +46,10 @@ def _confirm_url(action: str, challenge_id: str = "") -> str:
     return f"{CONFIRM_URL}?{urlencode(query)}"
 
 
-def _back(request: Request[Any, Any, Any], message: str, kind: str = "ok") -> Response[Any]:
-    return flash(Redirect(URL, status_code=303), settings_of(request), message, kind)
+def _back(
+    request: Request[Any, Any, Any], message: str, target: str = URL, kind: str = "ok"
+) -> Response[Any]:
+    return flash(Redirect(target, status_code=303), settings_of(request), message, kind)
 
 
 def _json_redirect(request: Request[Any, Any, Any], target: str, message: str) -> Response[Any]:
@@ -69,6 +71,7 @@ async def _security_page(
     rename_value: str = "",
     errors: dict[str, str] | None = None,
     status_code: int = 200,
+    then: str = "",
 ) -> Response[Any]:
     settings = settings_of(request)
     return render(
@@ -86,6 +89,9 @@ async def _security_page(
         name_max=passkeys.NAME_MAX,
         when=service.when,
         ago=service.ago,
+        place=service.place,
+        # After confirming for "add a passkey", the page starts adding it (passkeys.js).
+        autostart=then == "add_passkey" and service.is_fresh(auth.session),
     )
 
 
@@ -123,7 +129,12 @@ async def _after_confirmation(request: Request[Any, Any, Any], auth: Auth, actio
             auth.user["id"], auth.session["id"], organization_id=auth.organization_id, ip=client_ip(request)
         )
         return _revoked_message(count)
-    return "Confirmed. You can add a passkey in the next 10 minutes."
+    return "Confirmed. Now add your passkey: your browser asks for it."
+
+
+def _continue_url(action: str) -> str:
+    """Where the confirmed action goes on: signing out others is done already; adding a passkey resumes."""
+    return f"{URL}?then=add_passkey#passkeys-heading" if action == "add_passkey" else URL
 
 
 def _revoked_message(count: int) -> str:
@@ -136,9 +147,9 @@ class SecurityController(Controller):
     path = URL
 
     @get("", opt=AUTHENTICATED)
-    async def show(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        """Passkeys and sessions."""
-        return await _security_page(request, require_auth(request))
+    async def show(self, request: Request[Any, Any, Any], then: FromQuery[str] = "") -> Response[Any]:
+        """Passkeys and sessions; ``then=add_passkey`` (after confirming it's you) starts adding a passkey."""
+        return await _security_page(request, require_auth(request), then=then)
 
     # --- sessions ---------------------------------------------------------------------------------------
 
@@ -313,7 +324,7 @@ class SecurityController(Controller):
         await service.confirmed(
             auth.session, "email_code", organization_id=auth.organization_id, ip=client_ip(request)
         )
-        return _back(request, await _after_confirmation(request, auth, action))
+        return _back(request, await _after_confirmation(request, auth, action), _continue_url(action))
 
     @post("/confirm/passkey/options", opt=AUTHENTICATED, status_code=200, media_type=MediaType.JSON)
     async def step_up_options(self, request: Request[Any, Any, Any]) -> Response[Any]:
@@ -348,4 +359,6 @@ class SecurityController(Controller):
         await service.confirmed(
             auth.session, "passkey", organization_id=auth.organization_id, ip=client_ip(request)
         )
-        return _json_redirect(request, URL, await _after_confirmation(request, auth, action))
+        return _json_redirect(
+            request, _continue_url(action), await _after_confirmation(request, auth, action)
+        )

@@ -73,6 +73,22 @@ def ago(moment: datetime, now: datetime | None = None) -> str:
 # --- step-up ------------------------------------------------------------------------------------------------
 
 
+def place(ip: str) -> str:
+    """Where an address is, as far as the portal can tell without a location database: this computer, a
+    private network, or the internet. (No GeoIP database ships with the portal.)"""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    if address.is_loopback:
+        return "this computer"
+    if address.is_private or address.is_link_local:
+        return "a private network"
+    return "the internet"
+
+
 def is_fresh(session: dict[str, Any], now: datetime | None = None) -> bool:
     """True if the session signed in (or confirmed it's the user) within the last 10 minutes."""
     authenticated_at: datetime = session["authenticated_at"]
@@ -110,7 +126,12 @@ async def send_step_up_code(settings: Settings, user: dict[str, Any], *, action:
         user["email"], CODE_PURPOSE, user_id=user["id"], ip=ip, details={"action": action}
     )
     try:
-        await mail.send_mail(settings, user["email"], *_code_message(settings, code, action))
+        await mail.send_mail(
+            settings,
+            user["email"],
+            *_code_message(settings, code, action),
+            dev_log=f"confirmation code {code}",
+        )
     except Exception:  # SMTP or disk: the user gets a message, the log gets the cause.
         log.exception("could not send the confirmation code to %s", user["email"])
         raise FormErrors({"code": "We could not send the email. Try again in a few minutes."}) from None
@@ -118,7 +139,7 @@ async def send_step_up_code(settings: Settings, user: dict[str, Any], *, action:
 
 
 def _code_message(settings: Settings, code: str, action: str) -> tuple[str, str]:
-    subject = f"{code} is your {settings.brand_name} confirmation code"
+    subject = mail.subject(settings, "your confirmation code")
     text = (
         f"Someone signed in to your {settings.brand_name} account asked to {ACTIONS[action]}.\n"
         f"If it was you, enter this code to confirm:\n\n"

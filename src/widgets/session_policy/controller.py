@@ -71,7 +71,7 @@ async def _page(
         errors=errors or {},
         labels=LABELS,
         units=list(service.UNITS),
-        bounds=service.BOUNDS,
+        bounds=service.bounds(service.defaults(settings_of(request))),
         describe=service.describe,
         manage=Permission.SESSION_POLICY_MANAGE,
     )

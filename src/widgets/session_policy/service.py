@@ -63,11 +63,17 @@ def form_for(policy: Policy, defaults: Timeouts) -> PolicyForm:
     )
 
 
-def _duration(form: PolicyForm, kind: str, errors: dict[str, str]) -> int | None:
+def bounds(app_defaults: Timeouts) -> dict[str, tuple[int, int]]:
+    """What an organization may choose per timeout: from the floor up to the app default (or the hard cap
+    when the default is longer), since an organization can only tighten the defaults."""
+    return {kind: (low, min(high, getattr(app_defaults, kind))) for kind, (low, high) in BOUNDS.items()}
+
+
+def _duration(form: PolicyForm, kind: str, errors: dict[str, str], app_defaults: Timeouts) -> int | None:
     raw = str(getattr(form, f"{kind}_value")).strip()
     unit = str(getattr(form, f"{kind}_unit")).strip()
     label = LABELS[kind]
-    shortest, longest = BOUNDS[kind]
+    shortest, longest = bounds(app_defaults)[kind]
     if unit not in UNITS:
         errors[f"{kind}_unit"] = "Choose minutes, hours or days."
         return None
@@ -81,6 +87,11 @@ def _duration(form: PolicyForm, kind: str, errors: dict[str, str]) -> int | None
     seconds = int(raw) * UNITS[unit] if len(raw) <= 12 else longest + 1
     if seconds < shortest:
         errors[f"{kind}_value"] = f"The {label} must be at least {describe(shortest)}."
+    elif seconds > longest and longest < BOUNDS[kind][1]:
+        errors[f"{kind}_value"] = (
+            f"The {label} can be at most {describe(longest)}, the application default: an organization "
+            "can only shorten it."
+        )
     elif seconds > longest:
         errors[f"{kind}_value"] = f"The {label} can be at most {describe(longest)}."
     else:
@@ -88,8 +99,9 @@ def _duration(form: PolicyForm, kind: str, errors: dict[str, str]) -> int | None
     return None
 
 
-def validate(form: PolicyForm) -> Policy:
-    """The policy the form asks for; :class:`FormErrors` naming every bad field."""
+def validate(form: PolicyForm, app_defaults: Timeouts) -> Policy:
+    """The policy the form asks for; :class:`FormErrors` naming every bad field (a value looser than the
+    application default is one: it would never apply)."""
     source = form.source.strip()
     if source not in SOURCES:
         raise FormErrors({"source": "Choose the application defaults or custom timeouts."})
@@ -97,8 +109,8 @@ def validate(form: PolicyForm) -> Policy:
         # The numbers are ignored (and cleared): the organization follows the app defaults again.
         return Policy(source="application")
     errors: dict[str, str] = {}
-    absolute = _duration(form, "absolute", errors)
-    idle = _duration(form, "idle", errors)
+    absolute = _duration(form, "absolute", errors, app_defaults)
+    idle = _duration(form, "idle", errors, app_defaults)
     if absolute is not None and idle is not None and idle > absolute:
         errors["idle_value"] = (
             f"The idle timeout cannot be longer than the absolute timeout ({describe(absolute)})."
@@ -209,7 +221,7 @@ async def save(
 
     Call inside :func:`portal.db.write_transaction`.
     """
-    new = validate(form)
+    new = validate(form, defaults(settings))
     # Two admins saving at once: the second waits, then sees the first one's policy as the current one.
     await db.lock_organization(organization_id)
     current = await _load_policy(organization_id)

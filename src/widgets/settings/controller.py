@@ -12,7 +12,7 @@ from litestar.params import URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Permission
-from portal.core import db
+from portal.core import db, domains
 from portal.core.settings import Settings
 from portal.web.flash import flash
 from portal.web.forms import FormErrors
@@ -56,7 +56,7 @@ def _page(
         form = SettingsForm(
             name=current.name,
             display_name=current.display_name,
-            allowed_email_domains="\n".join(current.allowed_email_domains),
+            allowed_email_domains="\n".join(domains.display_domain(d) for d in current.allowed_email_domains),
         )
     return render(
         request,
@@ -68,6 +68,7 @@ def _page(
         errors=errors or {},
         labels=LABELS,
         max_domains=service.MAX_DOMAINS,
+        shown=domains.display_domain,
     )
 
 

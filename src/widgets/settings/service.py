@@ -22,7 +22,9 @@ MAX_DISPLAY_NAME = 200
 MAX_DOMAINS = 50
 NAME_RULE = "Use 1 to 100 lowercase letters, digits and hyphens, not starting or ending with a hyphen."
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,98}[a-z0-9])?$")
-_SEPARATORS = re.compile(r"[\s,;]+")
+#: Entries are separated by new lines and commas only: a space inside an entry is part of a (bad) entry, so
+#: ``not a domain`` is one entry refused once, not three.
+_SEPARATORS = re.compile(r"[\r\n,]+")
 
 
 async def get_settings(organization_id: str) -> OrganizationSettings:
@@ -61,8 +63,15 @@ def _has_control_characters(value: str) -> bool:
 
 
 def split_domains(raw: str) -> list[str]:
-    """The domains typed into the field: separated by new lines, commas, semicolons or spaces."""
-    return [part for part in _SEPARATORS.split(raw) if part]
+    """The domains typed into the field: separated by new lines or commas, each trimmed."""
+    return [part.strip() for part in _SEPARATORS.split(raw) if part.strip()]
+
+
+def _entry_problem(raw: str, message: str) -> str:
+    """One bad entry's line: the message names the entry as typed."""
+    if raw in message or raw.lower().removesuffix(".") in message:
+        return message
+    return f"{raw}: {message}"
 
 
 def validate(form: SettingsForm) -> dict[str, Any]:
@@ -89,10 +98,12 @@ def validate(form: SettingsForm) -> dict[str, Any]:
         try:
             normalized.add(domains.normalize_domain(raw, "allowed_email_domains"))
         except InvalidInput as exc:
-            if exc.message not in problems:
-                problems.append(exc.message)
+            problem = _entry_problem(raw, exc.message)
+            if problem not in problems:
+                problems.append(problem)
     if problems:
-        errors["allowed_email_domains"] = " ".join(problems)
+        # One line per bad entry (the page shows each on its own line).
+        errors["allowed_email_domains"] = "\n".join(problems)
     elif len(normalized) > MAX_DOMAINS:
         errors["allowed_email_domains"] = f"List at most {MAX_DOMAINS} domains (this has {len(normalized)})."
     values["allowed_email_domains"] = sorted(normalized)

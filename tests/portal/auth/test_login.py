@@ -232,7 +232,7 @@ async def test_full_sign_in_with_the_code_from_the_smtp_message(
     [message] = mail.to("alice@acme.test")
     assert message["From"] == settings.mail_from
     assert message["To"] == "alice@acme.test"
-    assert message["Subject"] == "Your Acme Cloud sign-in code"
+    assert message["Subject"] == "Acme Cloud: your sign-in code"
     assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@localhost>")
     assert message["Date"]
     code = mail.last_code("alice@acme.test")
@@ -732,10 +732,14 @@ async def test_without_smtp_the_code_is_written_to_the_outbox(
             assert len(files) == 1
             assert re.fullmatch(r"\d{8}T\d{6}\.\d{6}Z-alice@acme\.test\.eml", files[0].name)
             text = files[0].read_text()
-            assert "Subject: Your Acme Cloud sign-in code" in text
+            assert "Subject: Acme Cloud: your sign-in code" in text
             code = re.search(r"^\s+(\d{6})\s*$", text, re.MULTILINE)
             assert code is not None
-            assert [r.getMessage() for r in logged] == [f"mail to alice@acme.test written to {files[0]}"]
+            # The development outbox logs the code itself, so `make run` can be used from the console.
+            assert [r.getMessage() for r in logged] == [
+                f"mail to alice@acme.test written to {files[0]} (development outbox: sign-in code "
+                f"{code.group(1)})"
+            ]
             signed = await enter_code(client, challenge, code.group(1))
             assert signed.status_code == 303
             assert signed.headers["location"] == "/ui/"
@@ -932,3 +936,34 @@ async def test_signed_out_browsers_come_back_to_the_exact_path(
     response = await client.get(path, headers=HTML)
     assert response.status_code == 303
     assert response.headers["location"] == location
+
+
+async def test_with_smtp_the_code_is_never_logged(
+    client: httpx.AsyncClient, world: dict[str, Any], mail: Mailbox
+) -> None:
+    logged: list[logging.LogRecord] = []
+    handler = ListHandler(logged)
+    logging.getLogger("portal").addHandler(handler)
+    try:
+        await ask_code(client, "alice@acme.test")
+        code = mail.last_code("alice@acme.test")
+    finally:
+        logging.getLogger("portal").removeHandler(handler)
+    messages = [r.getMessage() for r in logged]
+    assert "mail to alice@acme.test sent (Acme Cloud: your sign-in code)" in messages
+    assert not any(code in m for m in messages)
+
+
+async def test_the_code_mail_is_multipart_text_and_html(
+    client: httpx.AsyncClient, world: dict[str, Any], mail: Mailbox
+) -> None:
+    await ask_code(client, "alice@acme.test")
+    [message] = mail.to("alice@acme.test")
+    assert message.get_content_type() == "multipart/alternative"
+    code = mail.last_code("alice@acme.test")
+    html_part = message.get_body(preferencelist=("html",))
+    assert html_part is not None
+    page = html_part.get_content()
+    assert f">{code}</p>" in page
+    assert "<title>Acme Cloud: your sign-in code</title>" in page
+    assert 'lang="en"' in page

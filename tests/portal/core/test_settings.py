@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,85 @@ def test_cli_stops_with_one_line_naming_the_variable(tmp_path: object) -> None:
     assert lines == [
         "Error: PORTAL_SESSION_IDLE_TIMEOUT: 'forever' is not a duration (use seconds, or a number with s, m, h or d)"
     ]
+
+
+# --- issue 16 §1 -----------------------------------------------------------------------------------------
+
+
+def test_an_idle_timeout_longer_than_the_absolute_one_is_refused() -> None:
+    with pytest.raises(SettingsError) as excinfo:
+        load_settings({"PORTAL_SESSION_IDLE_TIMEOUT": "8d"})
+    assert str(excinfo.value) == (
+        "PORTAL_SESSION_IDLE_TIMEOUT: 8d is longer than PORTAL_SESSION_ABSOLUTE_TIMEOUT (7d): every session "
+        "would end at the absolute timeout first; make the idle timeout shorter"
+    )
+    with pytest.raises(SettingsError, match=r"PORTAL_SESSION_IDLE_TIMEOUT: 1d is longer than .* \(12h\)"):
+        load_settings({"PORTAL_SESSION_ABSOLUTE_TIMEOUT": "12h"})
+    # Equal is fine.
+    assert load_settings({"PORTAL_SESSION_IDLE_TIMEOUT": "7d"}).session_idle_timeout == 7 * 86400
+
+
+def test_the_cli_refuses_it_with_one_line(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portal.cli", "migrate"],
+        env={"PORTAL_SESSION_IDLE_TIMEOUT": "30d", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: PORTAL_SESSION_IDLE_TIMEOUT: 30d is longer than PORTAL_SESSION_ABSOLUTE_TIMEOUT (7d): every "
+        "session would end at the absolute timeout first; make the idle timeout shorter"
+    )
+
+
+def test_the_data_dir_holds_the_default_sqlite_file() -> None:
+    assert load_settings({"PORTAL_DATA_DIR": "/srv/portal"}).database_url == (
+        "sqlite:////srv/portal/portal.sqlite3"
+    )
+    assert load_settings({"PORTAL_DATA_DIR": "data/"}).database_url == "sqlite:///data/portal.sqlite3"
+    assert Settings(data_dir="/tmp/x").sqlite_path is not None
+    assert str(Settings(data_dir="/tmp/x").sqlite_path) == "/tmp/x/portal.sqlite3"
+    # An explicit database URL wins.
+    explicit = load_settings(
+        {"PORTAL_DATA_DIR": "/srv/portal", "PORTAL_DATABASE_URL": "sqlite:///./db.sqlite3"}
+    )
+    assert explicit.database_url == "sqlite:///./db.sqlite3"
+    assert load_settings({"PORTAL_DATABASE_URL": ""}).database_url == "sqlite:///./var/portal.sqlite3"
+
+
+def test_migrate_creates_the_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "portal.cli", "migrate"],
+        env={"PORTAL_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "portal.sqlite3").is_file()
+    assert not (tmp_path / "var").exists()
+
+
+def test_migrate_says_what_it_did_in_one_line(tmp_path: Path) -> None:
+    env = {"PORTAL_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "portal.cli", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
+
+    first = run()
+    assert first.returncode == 0
+    [line] = first.stdout.splitlines()
+    assert line.startswith("Applied ") and line.endswith("; the database is up to date.")
+    assert "already complete" not in first.stdout and first.stderr == ""
+    second = run()
+    assert second.stdout.strip() == "The database is up to date: no migrations to run."

@@ -81,4 +81,5 @@ async def test_a_revoked_session_loads_nothing(settings: Settings, db: Engine) -
     user = await make_user()
     token, session_id = await sessions.create_session(user["id"], auth_method="test")
     await sessions.revoke(session_id, "logout")
-    assert await load_auth(settings, token) == (None, None)
+    # Nothing loads; the reason it ended comes back for the login page.
+    assert await load_auth(settings, token) == (None, "logout")

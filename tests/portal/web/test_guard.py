@@ -250,3 +250,62 @@ async def test_guard_runs_with_policy_from_app_state(
         await signed_in(client, settings, world["bob"]["id"], world["acme"]["id"])
         response = await client.get("/ui/organization/test-sso", headers=JSON)
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("idle", "You were signed out because you were inactive for too long."),
+        ("absolute", "Your session reached its maximum length and ended."),
+        ("user", "This session was signed out from another browser or device."),
+    ],
+)
+async def test_a_session_ended_elsewhere_lands_on_login_with_the_reason(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], reason: str, message: str
+) -> None:
+    session_id = await signed_in(client, settings, world["alice"]["id"], world["acme"]["id"])
+    await sessions.revoke(session_id, reason)
+    response = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert response.headers["location"] == f"/login?return_to=/ui/organization/test-sso&ended={reason}"
+    page = await client.get(response.headers["location"], headers=HTML)
+    assert f'<p class="flash flash-ok" role="status">{message}' in page.text
+
+
+async def test_a_session_that_runs_out_on_this_request_says_so(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], frozen_clock: Any
+) -> None:
+    await signed_in(client, settings, world["alice"]["id"], world["acme"]["id"])
+    frozen_clock.advance(seconds=settings.session_idle_timeout + 1)
+    response = await client.get("/ui/", headers=HTML)
+    assert response.headers["location"] == "/login?return_to=/ui/&ended=idle"
+
+
+async def test_no_explanation_for_unknown_cookies_or_reasons(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any]
+) -> None:
+    client.cookies.set(sessions.cookie_name(settings), "portal_ses_" + "x" * 43)
+    response = await client.get("/ui/", headers=HTML)
+    assert response.headers["location"] == "/login?return_to=/ui/"
+    page = await client.get("/login?ended=<script>", headers=HTML)
+    assert page.status_code == 200 and "flash-ok" not in page.text
+
+
+async def test_error_pages_keep_the_shell_and_offer_switching_only_with_somewhere_to_go(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any]
+) -> None:
+    # Bob is a member of Acme only: a 403 there keeps the header and navigation, and no "Switch organization".
+    await signed_in(client, settings, world["bob"]["id"], world["acme"]["id"])
+    page = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert page.status_code == 403
+    assert 'aria-label="Portal"' in page.text and "Account menu for" in page.text
+    assert "<h1>Not allowed</h1>" in page.text
+    assert "Switch organization" not in page.text
+    # Alice, also a member of Globex, is offered the switch.
+    await accounts.add_member(world["globex"]["id"], world["alice"]["id"], ["member"], known_roles=["member"])
+    await signed_in(client, settings, world["alice"]["id"], world["globex"]["id"])
+    page = await client.get("/ui/organization/test-sso", headers=HTML)
+    assert page.status_code == 403 and "Switch organization" in page.text
+    # Anonymous: the plain page.
+    client.cookies.clear()
+    anonymous = await client.get("/no-such-page", headers=HTML)
+    assert anonymous.status_code == 404 and 'aria-label="Portal"' not in anonymous.text

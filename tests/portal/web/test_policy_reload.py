@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import signal
 import time
@@ -81,6 +82,17 @@ def test_portal_serve_reloads_on_sighup(policy_dir: Path, tmp_path: Path) -> Non
         _wait(lambda: "NOT reloaded" in log_path.read_text(), "the refusal", log_path)
         assert "sk_org_users_reed" in log_path.read_text()
         assert _healthy(port)  # still serving, on the last good policy
+        httpx.get(f"http://127.0.0.1:{port}/nope", timeout=5)
+    text = log_path.read_text()
+    # Casbin's model dump stays out of the log (issue 16), and every log line has the one format.
+    assert "Model:" not in text and "r.r:" not in text and "casbin" not in text
+    log_lines = [line for line in text.splitlines() if line[:4].isdigit()]
+    assert any(" INFO portal.policy policy reloaded from " in line for line in log_lines)
+    assert any(" INFO portal.request GET /nope 404 " in line for line in log_lines)
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("Portal serving on ", "  ", "\t")) or ".csv:" in line:
+            continue
+        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+ ", line), line
 
 
 def _healthy(port: int) -> bool:

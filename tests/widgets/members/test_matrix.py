@@ -45,7 +45,8 @@ ROUTES = [
     Route(
         "POST", "/ui/organization/members/{member}/roles", Permission.USERS_ROLE_CHANGE, {"roles": "admin"}
     ),
-    Route("POST", "/ui/organization/members/{member}/remove", Permission.USERS_DELETE),
+    Route("GET", "/ui/organization/members/{member}/remove", Permission.USERS_DELETE, ok=200),
+    Route("POST", "/ui/organization/members/{member}/remove", Permission.USERS_DELETE, {"confirm": "yes"}),
 ]
 WITH_IDS = [r for r in ROUTES if "{" in r.path]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from datetime import timedelta
 from typing import Any
@@ -12,8 +13,8 @@ import pytest
 from litestar import Litestar
 
 from portal.core import clock, ids
-from portal.core.tables import Invitation, Membership, Session
-from tests.factories import make_invitation, make_member, make_user, sign_in
+from portal.core.tables import Invitation, InvitationReplacedToken, Membership, Session
+from tests.factories import csrf_token, make_invitation, make_member, make_user, sign_in
 from tests.mailserver import Mailbox
 from tests.widgets.members.support import (
     ACCEPT,
@@ -33,6 +34,9 @@ from tests.widgets.members.support import (
     snapshot,
     token_of,
 )
+
+#: The confirmation page's button.
+CONFIRM = {"confirm": "yes"}
 
 
 def submission_id(page: str) -> str:
@@ -154,7 +158,7 @@ async def test_invite_sends_a_link_and_stores_only_its_hash(
     response = await invite(client, "  New.Person@Acme.TEST ", ["admin", "member"])
     assert await flash_after(client, response) == "ok: Invitation sent to new.person@acme.test."
     [message] = mail.to("new.person@acme.test")
-    assert message["Subject"] == "Alice Admin invited you to join Acme on Acme Cloud"
+    assert message["Subject"] == "Acme Cloud: Alice Admin invited you to join Acme"
     link = accept_link(mail, "new.person@acme.test")
     assert link.startswith("http://localhost:8000/invitations/accept?token=portal_inv_")
     token = token_of(link)
@@ -285,7 +289,7 @@ async def test_no_privilege_escalation_by_invitation(
     response = await invite(client, "x@acme.test", "admin")
     assert response.status_code == 403
     message = field_error(response.text, "roles")
-    assert "You cannot grant the role admin" in message
+    assert "You cannot grant the role Administrator (admin)" in message
     assert "sk_org_sso_manage" in message
     assert await snapshot() == before
     assert mail.received == []
@@ -367,8 +371,22 @@ async def test_resend_issues_a_new_link_and_the_old_one_dies(
     assert after["token_hash"] == ids.hash_secret(token_of(new_link))
     assert after["expires_at"] - clock.utcnow() > timedelta(days=6)
     client.cookies.clear()
-    assert (await client.get(path_of(old_link), headers=HTML)).status_code == 404
+    # The old link says that a newer invitation was sent, and accepts nothing.
+    old = await client.get(path_of(old_link), headers=HTML)
+    assert old.status_code == 410
+    assert "<h1>A newer invitation was sent</h1>" in old.text
+    assert "open the newest invitation email from Acme" in old.text
+    assert "does not work" not in old.text
+    token = await csrf_token(client, "/login")
+    refused = await client.post(
+        ACCEPT, data={"_csrf_token": token, "token": token_of(old_link)}, headers=HTML
+    )
+    assert refused.status_code == 410 and "A newer invitation was sent" in refused.text
+    assert "re@acme.test" not in await memberships(world["acme"]["id"])
     assert (await client.get(path_of(new_link), headers=HTML)).status_code == 200
+    # Only the old token's hash is kept.
+    [kept] = await InvitationReplacedToken.select()
+    assert kept["token_hash"] == ids.hash_secret(token_of(old_link)) and kept["invitation"] == row["id"]
     [event] = await audit_events("invitation.resent")
     assert event["target"] == row["id"] and event["actor_id"] == world["alice"]["id"]
 
@@ -452,7 +470,7 @@ async def test_change_roles(client: httpx.AsyncClient, world: dict[str, Any]) ->
         "new": ["admin", "member"],
     }
     same = await post(client, f"{URL}/{bob}/roles", {"roles": ["member", "admin"]})
-    assert await flash_after(client, same) == "ok: Nothing changed."
+    assert await flash_after(client, same) == "ok: Nothing changed: Bob Builder already has these roles."
     assert len(await audit_events("member.roles_changed")) == 1
 
 
@@ -486,7 +504,7 @@ async def test_no_privilege_escalation_by_role_change(
     response = await post(client, f"{URL}/{world['m']['bob']['id']}/roles", {"roles": "admin"}, headers=JSON)
     assert response.status_code == 403
     assert response.json()["error"]["fields"][0]["key"] == "roles"
-    assert "You cannot grant the role admin" in response.json()["error"]["detail"]
+    assert "You cannot grant the role Administrator (admin)" in response.json()["error"]["detail"]
     # ...nor himself...
     own = await post(client, f"{URL}/{world['m']['lee']['id']}/roles", {"roles": ["admin", "lead"]})
     assert own.status_code == 403
@@ -512,7 +530,7 @@ async def test_the_last_member_who_can_change_roles_cannot_be_demoted(
     before = await snapshot()
     response = await post(client, f"{URL}/{world['m']['alice']['id']}/roles", {"roles": "member"})
     assert response.status_code == 409
-    assert "Alice Admin is the last active member who can change roles" in field_error(response.text, "roles")
+    assert "You are the last active member who can change roles" in field_error(response.text, "roles")
     assert await snapshot() == before
     # Once someone else can, Alice may step down.
     assert (
@@ -564,7 +582,7 @@ async def test_remove_takes_access_away_at_once(
         assert (await bob_browser.get(URL, headers=JSON)).status_code == 200
 
         await sign_in(client, world["alice"], world["acme"])
-        response = await post(client, f"{URL}/{world['m']['bob']['id']}/remove")
+        response = await post(client, f"{URL}/{world['m']['bob']['id']}/remove", CONFIRM)
         assert response.headers["location"] == URL
         assert await flash_after(client, response) == "ok: Bob Builder was removed from the organization."
         assert "bob@acme.test" not in await memberships(world["acme"]["id"])
@@ -591,9 +609,9 @@ async def test_removing_the_last_member_who_can_change_roles_is_refused(
     await Membership.delete().where(Membership.id == world["m"]["lee"]["id"])
     await sign_in(client, world["alice"], world["acme"])
     before = await snapshot()
-    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove")
+    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove", CONFIRM)
     assert response.status_code == 409
-    assert "Alice Admin is the last active member who can change roles" in response.text
+    assert "You are the last active member who can change roles" in response.text
     assert await snapshot() == before
     api = await post(client, f"{URL}/{world['m']['alice']['id']}/remove", headers=JSON)
     assert api.status_code == 409
@@ -604,7 +622,7 @@ async def test_leaving_when_someone_else_can_change_roles(
     client: httpx.AsyncClient, world: dict[str, Any]
 ) -> None:
     await sign_in(client, world["alice"], world["acme"])
-    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove")
+    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove", CONFIRM)
     assert response.headers["location"] == "/ui/"
     assert "alice@acme.test" not in await memberships(world["acme"]["id"])
 
@@ -612,11 +630,11 @@ async def test_leaving_when_someone_else_can_change_roles(
 async def test_a_lesser_role_cannot_remove_an_admin(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
     await sign_in(client, world["lee"], world["acme"])
     before = await snapshot()
-    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove")
+    response = await post(client, f"{URL}/{world['m']['alice']['id']}/remove", CONFIRM)
     assert response.status_code == 403
     assert "You cannot remove Alice Admin" in response.text
     assert await snapshot() == before
-    assert (await post(client, f"{URL}/{world['m']['bob']['id']}/remove")).status_code == 303
+    assert (await post(client, f"{URL}/{world['m']['bob']['id']}/remove", CONFIRM)).status_code == 303
 
 
 @pytest.mark.parametrize(
@@ -662,3 +680,120 @@ async def test_invitation_emails_are_rate_limited_per_organization(
     # Another organization is not affected.
     await sign_in(client, world["gina"], world["globex"])
     assert (await invite(client, "r9@globex.test")).status_code == 303
+
+
+# --- issue 16 §3: removing asks first; row actions on the table ------------------------------------------
+
+
+async def test_removing_asks_first_and_nothing_changes_until_confirmed(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    bob = world["m"]["bob"]["id"]
+    detail = await client.get(f"{URL}/{bob}", headers=HTML)
+    # The member page links to the confirmation; it holds no form that removes in one click.
+    assert f'href="{URL}/{bob}/remove"' in detail.text
+    assert f'action="{URL}/{bob}/remove"' not in detail.text
+
+    before = await snapshot()
+    page = await client.get(f"{URL}/{bob}/remove", headers=HTML)
+    assert page.status_code == 200
+    assert "<h1>Remove Bob Builder from Acme?</h1>" in page.text
+    assert "Nothing changes until you confirm." in page.text
+    assert "Bob Builder (bob@acme.test) loses access to Acme at once" in page.text
+    assert 'name="confirm" value="yes"' in page.text
+    assert await snapshot() == before
+
+    # A form posted without the confirmation (an old page, a crafted form) only shows the question again.
+    unconfirmed = await post(client, f"{URL}/{bob}/remove")
+    assert unconfirmed.status_code == 200
+    assert "<h1>Remove Bob Builder from Acme?</h1>" in unconfirmed.text
+    assert await snapshot() == before
+    assert "bob@acme.test" in await memberships(world["acme"]["id"])
+
+    done = await post(client, f"{URL}/{bob}/remove", CONFIRM)
+    assert done.status_code == 303
+    assert "bob@acme.test" not in await memberships(world["acme"]["id"])
+
+
+async def test_leaving_speaks_to_you(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    mine = world["m"]["alice"]["id"]
+    detail = await client.get(f"{URL}/{mine}", headers=HTML)
+    assert "to come back you need a new invitation" in detail.text
+    assert "invite them again" not in detail.text
+    page = await client.get(f"{URL}/{mine}/remove", headers=HTML)
+    assert "<h1>Leave Acme?</h1>" in page.text
+    assert "You lose access to Acme at once" in page.text
+    assert "invite them again" not in page.text
+
+
+async def test_row_actions_change_roles_and_remove_from_the_table(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    bob = world["m"]["bob"]["id"]
+    row = page.text.split(f'<tr id="member-{bob}">', 1)[1].split("</tr>", 1)[0]
+    assert 'Change roles<span class="visually-hidden"> of Bob Builder</span>' in row
+    assert f'action="{URL}/{bob}/roles"' in row
+    assert 'name="back" value="list"' in row
+    assert f'id="row-{bob}-member" name="roles" value="member" checked' in row
+    assert f'href="{URL}/{bob}/remove">Remove<span class="visually-hidden"> Bob Builder</span>' in row
+    # Ids stay unique with a form per row.
+    ids = re.findall(r' id="([^"]+)"', page.text)
+    assert len(ids) == len(set(ids))
+
+    response = await post(client, f"{URL}/{bob}/roles", {"roles": ["member", "lead"], "back": "list"})
+    assert response.status_code == 303 and response.headers["location"] == URL
+    assert await flash_after(client, response) == "ok: Roles of Bob Builder saved."
+    assert (await memberships(world["acme"]["id"]))["bob@acme.test"] == ["lead", "member"]
+
+
+async def test_row_actions_only_where_they_would_be_allowed(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    # Lee (lead) manages members but cannot touch Alice (admin holds more than lead).
+    await sign_in(client, world["lee"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    alice_row = page.text.split(f'<tr id="member-{world["m"]["alice"]["id"]}">', 1)[1].split("</tr>", 1)[0]
+    assert "Change roles" not in alice_row and "/remove" not in alice_row
+    bob_row = page.text.split(f'<tr id="member-{world["m"]["bob"]["id"]}">', 1)[1].split("</tr>", 1)[0]
+    assert "Change roles" in bob_row and "/remove" in bob_row
+    # Bob (member) may do neither: no actions column at all.
+    await sign_in(client, world["bob"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    assert "Change roles" not in page.text and "/remove" not in page.text
+
+
+# --- issue 16 §6: roles in plain language --------------------------------------------------------------------
+
+
+async def test_role_pickers_show_titles_and_descriptions_with_the_key_secondary(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    page = await client.get(f"{URL}/{world['m']['bob']['id']}", headers=HTML)
+    label = re.search(r'<label for="role-member">(.*?)</label>', page.text, re.S)
+    assert label is not None
+    assert label.group(1) == (
+        '<strong>Member</strong> <code class="role-key">member</code> '
+        '<span class="muted">Sees the organization&#39;s settings and its members.</span>'
+    )
+    assert "sk_org_settings_read, sk_org_users_read" not in page.text
+    # A role with no role row (the test policy's `lead`): its key, and the labels of what it grants.
+    lead = re.search(r'<label for="role-lead">(.*?)</label>', page.text, re.S)
+    assert lead is not None and "<strong>lead</strong>" in lead.group(1)
+    assert "Invite people" in lead.group(1) and "See members and invitations" in lead.group(1)
+
+
+async def test_the_403_page_names_the_permission_in_words_and_by_key(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["bob"], world["acme"])
+    page = await post(client, f"{URL}/{world['m']['lee']['id']}/remove", CONFIRM)
+    assert page.status_code == 403
+    assert (
+        "Your role does not allow this: “Remove members” (permission sk_org_users_delete)."
+        in html.unescape(page.text)
+    )

@@ -172,8 +172,10 @@ async def test_the_widget_is_in_the_navigation_and_on_home(
     assert page.status_code == 200
     assert '<a href="/ui/account/security" aria-current="page">Security</a>' in page.text
     assert "<h1>Security</h1>" in page.text
+    # Only external scripts (CSP): the account menu's and the passkey ceremony's.
     assert re.findall(r"<script[^>]*>[^<]*</script>", page.text) == [
-        '<script src="/static/passkeys.js" defer></script>'
+        '<script src="/static/menu.js" defer></script>',
+        '<script src="/static/passkeys.js" defer></script>',
     ]
 
 
@@ -234,7 +236,11 @@ async def test_revoke_one_of_my_sessions(
     # The revoked browser is signed out on its next request.
     async with httpx.AsyncClient(transport=client._transport, base_url=str(client.base_url)) as revoked:
         plant(revoked, other_token)
-        assert (await revoked.get(URL, headers=HTML)).headers["location"].startswith("/login")
+        landing = (await revoked.get(URL, headers=HTML)).headers["location"]
+        # The login page says why (issue 16).
+        assert landing == "/login?return_to=/ui/account/security&ended=user"
+        login = await revoked.get(landing, headers=HTML)
+        assert "This session was signed out from another browser or device." in login.text
 
 
 async def test_revoking_someone_elses_session_is_404(
@@ -288,7 +294,10 @@ async def test_revoke_all_others_after_ten_minutes_asks_to_confirm_by_email_code
 
     confirm = await client.get(response.headers["location"], headers=HTML)
     assert "<h1>Confirm it's you</h1>" in confirm.text
-    assert "To sign out your other sessions, confirm who you are." in confirm.text
+    assert (
+        "To sign out your other sessions, confirm who you are: you signed in 11 minutes ago" in confirm.text
+    )
+    assert "Then your other sessions are signed out straight away." in confirm.text
     assert "Use a passkey" not in confirm.text  # Alice has none
     sent = await client.post(
         f"{URL}/confirm/code/send", data={"_csrf_token": token, "action": "revoke_others"}, headers=HTML
@@ -297,7 +306,7 @@ async def test_revoke_all_others_after_ten_minutes_asks_to_confirm_by_email_code
     challenge_id = parse_qs(urlsplit(sent.headers["location"]).query)["challenge_id"][0]
     code = mail.last_code("alice@acme.test")
     [message] = mail.to("alice@acme.test")
-    assert message["Subject"] == f"{code} is your Acme Cloud confirmation code"
+    assert message["Subject"] == "Acme Cloud: your confirmation code"
 
     form = await client.get(sent.headers["location"], headers=HTML)
     assert "We sent a 6-digit code to alice@acme.test." in form.text
@@ -444,7 +453,13 @@ async def test_confirm_with_a_passkey_then_register_another(
         client, f"{URL}/confirm/passkey", token, {"credential": answer, "action": "add_passkey"}
     )
     assert result.status_code == 200, result.text
-    assert result.json() == {"redirect": URL}
+    # The action goes on: the Security page starts adding the passkey (issue 16).
+    assert result.json() == {"redirect": f"{URL}?then=add_passkey#passkeys-heading"}
+    page = await client.get(f"{URL}?then=add_passkey", headers=HTML)
+    assert "Confirmed. Now add your passkey: your browser asks for it." in page.text
+    assert re.search(
+        r'<button type="button" class="button" hidden data-passkey="register" data-autostart', page.text
+    )
     [event] = await audit("session.step_up")
     assert event["details"] == {"method": "passkey"}
     # A confirmation answer is single-use like any other.

@@ -388,18 +388,26 @@ async def test_saving_the_same_policy_changes_nothing(
             "absolute_value",
             "The absolute timeout must be at least 5 minutes.",
         ),
+        # Looser than the app default (7 days absolute, 1 day idle): it would never apply, so it is refused.
         (
-            {"absolute_value": "366", "absolute_unit": "days"},
+            {"absolute_value": "8", "absolute_unit": "days"},
             "absolute_value",
-            "The absolute timeout can be at most 365 days.",
+            "The absolute timeout can be at most 7 days, the application default: an organization can only "
+            "shorten it.",
         ),
-        ({"absolute_value": "9" * 40}, "absolute_value", "The absolute timeout can be at most 365 days."),
+        (
+            {"absolute_value": "9" * 40},
+            "absolute_value",
+            "The absolute timeout can be at most 7 days, the application default: an organization can only "
+            "shorten it.",
+        ),
         ({"absolute_unit": "weeks"}, "absolute_unit", "Choose minutes, hours or days."),
         ({"idle_value": "0"}, "idle_value", "The idle timeout must be at least 5 minutes."),
         (
-            {"absolute_value": "100", "absolute_unit": "days", "idle_value": "91", "idle_unit": "days"},
+            {"absolute_value": "2", "absolute_unit": "days", "idle_value": "25", "idle_unit": "hours"},
             "idle_value",
-            "The idle timeout can be at most 90 days.",
+            "The idle timeout can be at most 1 day, the application default: an organization can only "
+            "shorten it.",
         ),
         (
             {"idle_value": "9", "idle_unit": "hours"},
@@ -628,3 +636,39 @@ async def test_a_saved_policy_is_enforced_on_the_next_request_before_any_sweep(
 def test_durations_read_naturally(seconds: int, text: str, form: tuple[str, str]) -> None:
     assert service.describe(seconds) == text
     assert service.split(seconds) == form
+
+
+@pytest.fixture
+async def long_defaults_client(settings: Settings, db: Engine, policy: PolicyEngine):  # type: ignore[no-untyped-def]
+    import msgspec
+
+    roomy = msgspec.structs.replace(
+        settings, session_absolute_timeout=400 * DAY, session_idle_timeout=100 * DAY
+    )
+    async with serve(create_app(roomy, engine=db, policy=policy)) as client:
+        yield client
+
+
+async def test_the_hard_limits_apply_when_the_app_default_is_longer(
+    long_defaults_client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    client = long_defaults_client
+    await sign_in(client, world["alice"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    assert "From 5 minutes to 365 days." in page.text
+    response = await post_policy(client, **policy_form(absolute_value="366", absolute_unit="days"))
+    assert response.status_code == 400
+    assert field_error(response.text, "absolute_value") == "The absolute timeout can be at most 365 days."
+    ok = await post_policy(client, **policy_form(absolute_value="300", absolute_unit="days"))
+    assert ok.status_code == 303
+    assert await stored_policy(world["acme"]) == ("custom", 300 * DAY, 30 * MINUTE)
+
+
+async def test_the_hint_names_the_app_default_as_the_limit(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    assert "From 5 minutes to 7 days (the application default: you can only shorten it)." in page.text
+    assert "From 5 minutes to 1 day (the application default), and not longer" in page.text
+    assert "365 days" not in page.text

@@ -205,7 +205,10 @@ async def test_admin_sees_the_form_with_current_values_and_verified_badges(
         r'<textarea id="allowed_email_domains"[^>]*>acme.test\nacme-corp.test</textarea>', page.text
     )
     assert '<code>acme.test</code> <span class="badge ok">Verified</span>' in page.text
-    assert "<code>acme-corp.test</code></li>" in page.text
+    assert "<code>acme-corp.test</code>" not in page.text  # not verified: only in the form
+    # The form is the only place the values are shown (no card repeating them above it).
+    assert 'id="current-display-name"' not in page.text
+    assert page.text.count("acme-corp.test") == 1
 
 
 # --- saving ---------------------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ async def test_save_normalizes_and_deduplicates_domains_and_audits(
         client,
         name="  Acme-Corp ",
         display_name="  Acme   Corporation ",
-        allowed_email_domains="Acme.TEST.\nacme.test, münchen.example.com;  exemple.fr\n\n",
+        allowed_email_domains="Acme.TEST.\nacme.test, münchen.example.com,  exemple.fr\n\n",
     )
     assert await flash_after(client, response) == "ok: Organization settings saved."
     assert await stored(world["acme"]["id"]) == {
@@ -329,3 +332,69 @@ async def test_allowed_domains_feed_the_jit_join_offer(
     assert [o["id"] for o in offers] == [world["acme"]["id"]]
     await post_settings(client, allowed_email_domains="")
     assert await login.jit_offers(newcomer) == []
+
+
+# --- issue 16 §4: domains split on commas and lines; each bad entry on its own; IDN in Unicode -----------
+
+
+async def test_a_phrase_is_one_bad_entry_and_each_bad_entry_gets_its_own_line(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    response = await post_settings(client, allowed_email_domains="not a domain")
+    assert response.status_code == 400
+    assert field_error(response.text, "allowed_email_domains") == "'not a domain' is not a valid domain name."
+
+    response = await post_settings(
+        client, allowed_email_domains="acme.test, gmail.com\nhttps://x.test/\n10.0.0.1,not a domain"
+    )
+    assert response.status_code == 400
+    lines = field_error(response.text, "allowed_email_domains").split("<br>")
+    assert lines == [
+        "gmail.com is a free email provider: it cannot belong to one organization.",
+        "https://x.test/: Enter a domain name only, like example.com (no scheme, path or @).",
+        "10.0.0.1: Enter a domain name, not an IP address.",
+        "'not a domain' is not a valid domain name.",
+    ]
+    api = await post_settings(client, JSON, allowed_email_domains="gmail.com,co.uk")
+    [field] = api.json()["error"]["fields"]
+    assert field["message"].split("\n") == [
+        "gmail.com is a free email provider: it cannot belong to one organization.",
+        "co.uk is a public suffix: nobody can own all of it.",
+    ]
+    assert (await stored(world["acme"]["id"]))["allowed_email_domains"] == []
+
+
+async def test_idn_domains_are_shown_in_unicode_and_saved_in_idna(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    acme = world["acme"]["id"]
+    await sign_in(client, world["alice"], world["acme"])
+    response = await post_settings(client, allowed_email_domains="Bücher.example")
+    assert response.status_code == 303
+    assert (await stored(acme))["allowed_email_domains"] == ["xn--bcher-kva.example"]
+    page = await client.get(URL, headers=HTML)
+    assert re.search(r'<textarea id="allowed_email_domains"[^>]*>bücher.example</textarea>', page.text)
+    assert "xn--bcher-kva" not in page.text
+    # Saving the page as shown changes nothing.
+    again = await post_settings(client, allowed_email_domains="bücher.example")
+    assert await flash_after(client, again) == "ok: Nothing changed."
+
+    await sign_in(client, world["bob"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    assert "<code>bücher.example</code>" in page.text and "xn--" not in page.text
+
+
+async def test_messages_have_one_place_above_the_title(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await sign_in(client, world["alice"], world["acme"])
+    failed = await post_settings(client, name="Bad Name!")
+    main = failed.text.split('<main id="main" tabindex="-1">', 1)[1]
+    # The error summary comes first in <main>, before the title, and takes the focus.
+    assert main.index('class="error-summary"') < main.index("<h1>")
+    assert re.search(r'<div class="error-summary" role="alert"[^>]* tabindex="-1" autofocus>', main)
+    saved = await post_settings(client, display_name="Acme Two")
+    page = await client.get(saved.headers["location"], headers=HTML)
+    main = page.text.split('<main id="main" tabindex="-1">', 1)[1]
+    assert main.index('class="flash flash-ok"') < main.index("<h1>")

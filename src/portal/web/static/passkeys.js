@@ -322,6 +322,8 @@
     document.querySelectorAll("button[data-passkey]").forEach(function (button) {
       button.hidden = false;
       setUp(button);
+      // Back from "Confirm it's you": carry on with what the user asked for (adding a passkey).
+      if (button.dataset.autostart !== undefined) button.click();
     });
   }
 
