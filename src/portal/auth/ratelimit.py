@@ -21,6 +21,10 @@ class RateResult:
 
     allowed: bool
     retry_after_seconds: int = 0
+    #: Requests still allowed in the current window (for ``RateLimit`` headers).
+    remaining: int = 0
+    #: Seconds until the oldest counted request leaves the window.
+    reset_seconds: int = 0
 
 
 async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
@@ -41,14 +45,16 @@ async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
         .order_by(RateEvent.id)
     )
     if len(rows) <= limit:
-        return RateResult(True)
+        reset = (rows[0]["at"] + window - now).total_seconds() if rows else window_seconds
+        return RateResult(True, remaining=limit - len(rows), reset_seconds=max(0, math.ceil(reset)))
     my_id = mine[0]["id"]
     await RateEvent.delete().where(RateEvent.id == my_id)
     others = [row for row in rows if row["id"] != my_id]
     # The request fits once enough of the oldest counted events have left the window.
     freeing = others[len(others) - limit]
     wait = (freeing["at"] + window - now).total_seconds()
-    return RateResult(False, max(1, math.ceil(wait)))
+    retry = max(1, math.ceil(wait))
+    return RateResult(False, retry, remaining=0, reset_seconds=retry)
 
 
 def describe_wait(seconds: int) -> str:

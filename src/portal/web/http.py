@@ -40,6 +40,8 @@ class RequestLogMiddleware:
             return
         request_id = secrets.token_hex(8)
         scope.setdefault("state", {})["request_id"] = request_id
+        # Read now: a mounted app (``/api/v1``) sees its own part of the path in the scope.
+        path = scope.get("path", "-")
         started = time.perf_counter()
         status = 500
 
@@ -56,7 +58,7 @@ class RequestLogMiddleware:
             log.info(
                 "%s %s %s %.1fms request_id=%s",
                 scope.get("method", "-"),
-                scope.get("path", "-"),
+                path,
                 status,
                 (time.perf_counter() - started) * 1000,
                 request_id,

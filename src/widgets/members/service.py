@@ -91,6 +91,9 @@ class Actor:
     organization_id: str
     roles: tuple[str, ...]
     ip: str
+    #: False for a management API key (``user_id`` is then the key's id, the actor of its audit events):
+    #: it is nobody's user, so invitations record no inviter and their email names the organization.
+    is_user: bool = True
 
 
 # --- roles --------------------------------------------------------------------------------------------------
@@ -513,7 +516,7 @@ async def invite(settings: Settings, policy: PolicyEngine, actor: Actor, form: I
             email=email,
             roles=roles,
             token_hash=ids.hash_secret(token),
-            invited_by=actor.user_id,
+            invited_by=actor.user_id if actor.is_user else None,
             expires_at=expires_at,
             created_at=now,
             submission_id=submission_id,
@@ -637,6 +640,9 @@ async def send_invitations(
         .where(Organization.id == actor.organization_id)
         .first()
     )
+    if not actor.is_user and org is not None:
+        # Sent by the app through the API: the organization is the inviter.
+        inviter = {"email": settings.mail_from, "display_name": org["display_name"]}
     rows = (
         await Invitation.select(Invitation.id, Invitation.roles, Invitation.expires_at)
         .where(
