@@ -168,7 +168,7 @@ def api_app() -> Litestar:
                 )
             ],
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
-            openapi_router=Router(path="/", route_handlers=[], opt=PUBLIC),
+            openapi_router=Router(path="/", route_handlers=[], opt=PUBLIC, include_in_schema=False),
             use_handler_docstrings=True,
         ),
         logging_config=None,
