@@ -614,10 +614,12 @@ def invitation_mail(
 ) -> tuple[str, str]:
     """Subject and text of an invitation email."""
     who = (inviter.get("display_name") or "").strip() or inviter["email"]
+    # The API invites in the organization's name: no address of a person to show.
+    by = f" ({inviter['email']})" if inviter["email"] else ""
     subject = f"{who} invited you to join {organization} on {settings.brand_name}"
     role_text = ", ".join(roles)
     text = (
-        f"{who} ({inviter['email']}) invited you to join {organization} on {settings.brand_name}"
+        f"{who}{by} invited you to join {organization} on {settings.brand_name}"
         f" with the role{'s' if len(roles) != 1 else ''} {role_text}.\n\n"
         f"Accept the invitation:\n\n    {accept_url(settings, token)}\n\n"
         f"The link works once and until {expires_at:%Y-%m-%d %H:%M} UTC. If you did not expect this "
@@ -642,7 +644,7 @@ async def send_invitations(
     )
     if not actor.is_user and org is not None:
         # Sent by the app through the API: the organization is the inviter.
-        inviter = {"email": settings.mail_from, "display_name": org["display_name"]}
+        inviter = {"email": "", "display_name": org["display_name"]}
     rows = (
         await Invitation.select(Invitation.id, Invitation.roles, Invitation.expires_at)
         .where(
