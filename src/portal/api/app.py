@@ -44,6 +44,18 @@ def _schema_name(schema: dict[str, Any] | None) -> str:
     return str(schema.get("type", "object"))
 
 
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans (the docstrings' only markup)."""
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _summary(op: dict[str, Any]) -> str:
+    text = str(op.get("description") or op.get("summary") or "")
+    return text.split(". ", 1)[0].split("\n", 1)[0].rstrip(".")
+
+
 def render_reference(doc: dict[str, Any]) -> str:
     """HTML for every operation: method, path, scope, parameters, body and responses; then the schemas."""
     esc = html.escape
@@ -53,7 +65,7 @@ def render_reference(doc: dict[str, Any]) -> str:
         f"<title>{esc(doc['info']['title'])}</title>",
         '<link rel="stylesheet" href="/static/portal.css"></head><body><main id="main" class="api-reference">',
         f"<h1>{esc(doc['info']['title'])} <small>v{esc(doc['info']['version'])}</small></h1>",
-        f"<p>{esc(doc['info'].get('description', ''))}</p>",
+        f"<p>{_inline(doc['info'].get('description', ''))}</p>",
         '<p>Machine-readable: <a href="/api/v1/openapi.json">/api/v1/openapi.json</a> (OpenAPI '
         f"{esc(doc.get('openapi', ''))}).</p>",
     ]
@@ -65,7 +77,7 @@ def render_reference(doc: dict[str, Any]) -> str:
                 continue
             anchor = esc(op.get("operationId", f"{method}{path}"))
             toc.append(
-                f'<li><a href="#{anchor}"><code>{method.upper()} {esc(path)}</code></a> {esc(op.get("summary", ""))}</li>'
+                f'<li><a href="#{anchor}"><code>{method.upper()} {esc(path)}</code></a> {_inline(_summary(op))}</li>'
             )
             handler = next(
                 (h for h in routes.HANDLERS if method.upper() in (h.http_methods or ()) and _same(path, h)),
@@ -73,7 +85,7 @@ def render_reference(doc: dict[str, Any]) -> str:
             )
             scope = handler.opt.get("scope") if handler else None
             body.append(f'<section id="{anchor}"><h2><code>{method.upper()} /api/v1{esc(path)}</code></h2>')
-            body.append(f"<p>{esc(op.get('description') or op.get('summary', ''))}</p>")
+            body.append(f"<p>{_inline(op.get('description') or op.get('summary', ''))}</p>")
             if scope:
                 body.append(f"<p>Scope: <code>{esc(scope)}</code></p>")
             params = op.get("parameters", [])
@@ -87,7 +99,7 @@ def render_reference(doc: dict[str, Any]) -> str:
                     body.append(
                         f"<tr><td><code>{esc(p['name'])}</code></td><td>{esc(p['in'])}</td>"
                         f"<td>{esc(_schema_name(p.get('schema')))}</td><td>{'yes' if p.get('required') else 'no'}</td>"
-                        f"<td>{esc(p.get('description', ''))}</td></tr>"
+                        f"<td>{_inline(p.get('description', ''))}</td></tr>"
                     )
                 body.append("</tbody></table>")
             request_body = op.get("requestBody", {}).get("content", {}).get("application/json")
@@ -170,6 +182,8 @@ def api_app() -> Litestar:
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
             openapi_router=Router(path="/", route_handlers=[], opt=PUBLIC, include_in_schema=False),
             use_handler_docstrings=True,
+            # The handler's name (``update_membership``): stable ids for generated clients.
+            operation_id_creator=lambda handler, _method, _path: handler.handler_name,
         ),
         logging_config=None,
         debug=False,

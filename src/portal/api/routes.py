@@ -94,7 +94,7 @@ def errors(*extra: int) -> dict[int, ResponseSpec]:
     }
     for code in extra:
         specs[code] = more[code]
-    return specs
+    return dict(sorted(specs.items()))
 
 
 def _opt(scope: str) -> dict[str, Any]:
