@@ -265,3 +265,59 @@ async def test_session_cookie_does_not_authenticate_the_api(client: httpx.AsyncC
     await sign_in(client, admin["user"] if isinstance(admin["user"], str) else admin["user"]["id"], org)
     response = await client.get("/api/v1/organizations")
     assert response.status_code == 401
+
+
+async def test_chunked_oversize_body_is_413_too(client: httpx.AsyncClient, key: str) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "chunky", "metadata": {"x": "'
+        for _ in range(80):
+            yield b"a" * 1024
+        yield b'"}}'
+
+    for extra in ({}, {"idempotency-key": "chunky-1"}):
+        response = await client.post(
+            "/api/v1/organizations",
+            content=chunks(),
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json", **extra},
+        )
+        assert response.status_code == 413, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+    assert not await Organization.exists().where(Organization.name == "chunky")
+
+
+async def test_a_request_still_running_with_the_same_key_gets_409(
+    client: httpx.AsyncClient, db: Engine
+) -> None:
+    from datetime import timedelta
+
+    from portal.core import clock
+    from portal.core.tables import ApiIdempotency
+
+    key_id, key = await make_key()
+    body = b'{"name": "racing"}'
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in ("POST", "/organizations", ""):
+        digest.update(part.encode() + b"\0")
+    digest.update(body)
+    now = clock.utcnow()
+    await ApiIdempotency(
+        scope_key=f"{key_id}:race-1", request_hash=digest.hexdigest(), created_at=now,
+        expires_at=now + timedelta(hours=1),
+    ).save()  # fmt: skip
+    response = await call(
+        client, "POST", "/organizations", key, content=body,
+        headers={"content-type": "application/json", "idempotency-key": "race-1"},
+    )  # fmt: skip
+    assert response.status_code == 409 and "still being processed" in response.json()["detail"]
+    assert not await Organization.exists().where(Organization.name == "racing")
+    # An expired record is forgotten: the key works again.
+    await ApiIdempotency.update({ApiIdempotency.expires_at: now - timedelta(seconds=1)}).where(
+        ApiIdempotency.scope_key == f"{key_id}:race-1"
+    )
+    response = await call(
+        client, "POST", "/organizations", key, content=body,
+        headers={"content-type": "application/json", "idempotency-key": "race-1"},
+    )  # fmt: skip
+    assert response.status_code == 201
