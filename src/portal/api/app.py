@@ -26,6 +26,13 @@ DESCRIPTION = (
 )
 
 
+@get("/openapi.json", opt=PUBLIC, include_in_schema=False, media_type="application/vnd.oai.openapi+json")
+async def openapi_document(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, generated from the handlers."""
+    document: dict[str, Any] = request.app.openapi_schema.to_schema()
+    return document
+
+
 @get("/reference", opt=PUBLIC, include_in_schema=False, media_type=MediaType.HTML)
 async def reference(request: Request[Any, Any, Any]) -> Response[str]:
     """The API reference, rendered on the server from the OpenAPI document (no script)."""
@@ -150,7 +157,7 @@ def _same(openapi_path: str, handler: Any) -> bool:
 def api_app() -> Litestar:
     """The API app (built once; it reads the portal's state from the mount, per request)."""
     return Litestar(
-        route_handlers=[*routes.HANDLERS, reference],
+        route_handlers=[*routes.HANDLERS, openapi_document, reference],
         middleware=[ApiMiddleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=MAX_BODY,
@@ -179,8 +186,10 @@ def api_app() -> Litestar:
                     "audit events",
                 )
             ],
+            # Litestar's own schema routes (with a catch-all) stay out of the way under /_schema; the document
+            # is served by ``openapi_document`` at /openapi.json.
             render_plugins=[JsonRenderPlugin(path="/openapi.json")],
-            openapi_router=Router(path="/", route_handlers=[], opt=PUBLIC, include_in_schema=False),
+            openapi_router=Router(path="/_schema", route_handlers=[], opt=PUBLIC, include_in_schema=False),
             use_handler_docstrings=True,
             # The handler's name (``update_membership``): stable ids for generated clients.
             operation_id_creator=lambda handler, _method, _path: handler.handler_name,

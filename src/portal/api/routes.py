@@ -325,6 +325,7 @@ async def update_organization(
     """Change the fields given. With `If-Match`, only if nobody changed the organization since (412)."""
     caller = caller_of(request)
     async with db.write_transaction():
+        await _org_row(caller, organization_id)  # tenant check before taking the organization's lock
         await db.lock_organization(organization_id)
         check_if_match(request, _organization(await _org_row(caller, organization_id)))
         await _apply(request, caller, organization_id, data)

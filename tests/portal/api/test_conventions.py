@@ -321,3 +321,13 @@ async def test_a_request_still_running_with_the_same_key_gets_409(
         headers={"content-type": "application/json", "idempotency-key": "race-1"},
     )  # fmt: skip
     assert response.status_code == 201
+
+
+async def test_unknown_paths_and_methods_are_problems(client: httpx.AsyncClient, key: str) -> None:
+    for path in ("/api/v1/nope", "/api/v1/", "/api/v1/organizations/x/y/z"):
+        response = await client.get(path, headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == "application/problem+json"
+    response = await client.put("/api/v1/organizations", headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 405 and response.headers["content-type"] == "application/problem+json"
+    assert "POST" in response.headers["allow"]
