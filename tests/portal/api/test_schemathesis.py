@@ -1,5 +1,10 @@
 """schemathesis (an independent OpenAPI fuzzer) against ``/api/v1/openapi.json`` of a running ``portal serve``:
-no 5xx, and every status code, content type, header and body matching the document."""
+no 5xx, every status code, content type, header and body matching the document, and its other checks
+(schema-invalid data rejected, a missing key refused, unsupported methods 405, deleted objects gone...).
+
+Left out: ``positive_data_acceptance``, which expects every schema-valid body to succeed; the services are
+stricter than a JSON schema says (an organization name is a slug, an email must be deliverable, a cursor
+must be one of ours) and answer 422 naming the field."""
 
 from __future__ import annotations
 
@@ -12,10 +17,8 @@ from pathlib import Path
 
 from tests.conftest import ROOT, free_port, portal_serve
 
-CHECKS = (
-    "not_a_server_error,status_code_conformance,content_type_conformance,"
-    "response_headers_conformance,response_schema_conformance"
-)
+CHECKS = "all"
+EXCLUDED = "positive_data_acceptance"
 
 
 def _config(ids: dict[str, str]) -> str:
@@ -66,8 +69,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tmp_path: Pat
                 str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
                 f"http://127.0.0.1:{port}/api/v1/openapi.json",
                 "-H", f"Authorization: Bearer {ids['key']}",
-                "--checks", CHECKS, "--phases", "examples,coverage,fuzzing",
-                "-n", os.environ.get("PORTAL_TEST_FUZZ_EXAMPLES", "15"), "--seed", "11", "--workers", "1",
+                "--checks", CHECKS, "--exclude-checks", EXCLUDED, "--phases", "examples,coverage,fuzzing",
+                "-n", os.environ.get("PORTAL_TEST_FUZZ_EXAMPLES", "12"), "--seed", "11", "--workers", "1",
                 "--no-color", "--request-timeout", "10",
             ],
             capture_output=True, text=True, timeout=240,
@@ -81,4 +84,3 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tmp_path: Pat
     assert generated >= 500, output[-3000:]
     assert "Traceback" not in log and "unhandled" not in log, log[-4000:]
     print(f"schemathesis: {generated} cases, all passed")
-    print(output[-2500:])
