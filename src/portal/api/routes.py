@@ -672,6 +672,61 @@ async def revoke_invitation(
             raise not_found("invitation") from None
 
 
+@post(
+    INVITATIONS + "/{invitation_id:str}/resend",
+    opt=_opt("invitations:write"),
+    responses=errors(409),
+    tags=["invitations"],
+    status_code=200,
+)
+async def resend_invitation(
+    request: Request[Any, Any, Any],
+    organization_id: PathId,
+    invitation_id: PathId,
+    idempotency_key: IdempotencyKey = None,
+) -> s.InvitationResent:
+    """Mail a new link with a new expiry; the previous link stops working (409 if accepted or revoked)."""
+    caller = caller_of(request)
+    settings = settings_of(request)
+    actor = _actor(request, caller, organization_id)
+    async with db.write_transaction():
+        await _org_row(caller, organization_id)
+        try:
+            email, token = await members.resend(settings, policy_of(request), actor, invitation_id)
+        except members.NotFound:
+            raise not_found("invitation") from None
+    failed = await members.send_invitations(settings, actor, [(invitation_id, email, token)])
+    page = await members.list_members(
+        policy_of(request), organization_id, MemberQuery(status="invited", q=email), limit=MAX_LIMIT
+    )
+    found = next(i for i in page.invitations if i.id == invitation_id)
+    return s.InvitationResent(data=_invitation(organization_id, found), delivered=not failed)
+
+
+def _invitation(organization_id: str, i: Any) -> s.Invitation:
+    return s.Invitation(
+        id=i.id,
+        organization_id=organization_id,
+        email=i.email,
+        roles=i.roles,
+        created_at=i.created_at,
+        expires_at=i.expires_at,
+        expired=i.expired,
+    )
+
+
+@get("/roles", opt=_opt("memberships:read"), responses=errors(), tags=["memberships"])
+async def list_roles(request: Request[Any, Any, Any]) -> s.RoleList:
+    """The roles defined in the policy files (the only ones memberships and invitations accept)."""
+    policy = policy_of(request)
+    return s.RoleList(
+        data=[
+            s.Role(key=role, permissions=sorted(p.value for p in policy.permissions_for(role)))
+            for role in policy.roles
+        ]
+    )
+
+
 # --- domains -------------------------------------------------------------------------------------------
 
 DOMAINS = "/organizations/{organization_id:str}/domains"
@@ -980,6 +1035,8 @@ HANDLERS = [
     list_invitations,
     create_invitations,
     revoke_invitation,
+    resend_invitation,
+    list_roles,
     list_domains,
     add_domain,
     get_domain,

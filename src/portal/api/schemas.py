@@ -11,7 +11,7 @@ import msgspec
 Name = Annotated[str, msgspec.Meta(max_length=100)]
 Text200 = Annotated[str, msgspec.Meta(max_length=200)]
 Email = Annotated[str, msgspec.Meta(max_length=320)]
-Role = Annotated[str, msgspec.Meta(max_length=100)]
+RoleKey = Annotated[str, msgspec.Meta(max_length=100)]
 Seconds = Annotated[int, msgspec.Meta(ge=1, le=10 * 365 * 86400)]
 
 
@@ -129,11 +129,11 @@ class Membership(msgspec.Struct, kw_only=True):
 
 class MembershipCreate(Body):
     user_id: Annotated[str, msgspec.Meta(max_length=40)]
-    roles: Annotated[list[Role], msgspec.Meta(min_length=1, max_length=20)]
+    roles: Annotated[list[RoleKey], msgspec.Meta(min_length=1, max_length=20)]
 
 
 class MembershipUpdate(Body):
-    roles: Annotated[list[Role], msgspec.Meta(min_length=1, max_length=20)]
+    roles: Annotated[list[RoleKey], msgspec.Meta(min_length=1, max_length=20)]
 
 
 class MembershipPage(msgspec.Struct):
@@ -153,12 +153,29 @@ class Invitation(msgspec.Struct, kw_only=True):
 
 class InvitationCreate(Body):
     emails: Annotated[list[Email], msgspec.Meta(min_length=1, max_length=50)]
-    roles: Annotated[list[Role], msgspec.Meta(min_length=1, max_length=20)]
+    roles: Annotated[list[RoleKey], msgspec.Meta(min_length=1, max_length=20)]
 
 
 class InvitationPage(msgspec.Struct):
     data: list[Invitation]
     next: str | None
+
+
+class InvitationResent(msgspec.Struct):
+    data: Invitation
+    #: False when the email could not be sent (the new link exists; try again later).
+    delivered: bool
+
+
+class Role(msgspec.Struct, kw_only=True):
+    """A role defined in the policy files, with the permissions it grants (inherited ones included)."""
+
+    key: str
+    permissions: list[str]
+
+
+class RoleList(msgspec.Struct):
+    data: list[Role]
 
 
 class InvitationsCreated(msgspec.Struct):
