@@ -33,7 +33,8 @@ from portal.api.http import (
     settings_of,
 )
 from portal.auth import accounts
-from portal.core import db
+from portal.core import clock, db
+from portal.core.tables import Invitation as InvitationTable
 from portal.core.tables import Membership as MembershipTable
 from portal.core.tables import Organization as OrganizationTable
 from portal.core.tables import Session as SessionTable
@@ -632,23 +633,9 @@ async def create_invitations(
             settings, policy_of(request), actor, InviteForm(emails="\n".join(data.emails), roles=data.roles)
         )
     undelivered = await members.send_invitations(settings, actor, result.invitations)
-    page = await members.list_members(
-        policy_of(request), organization_id, MemberQuery(status="invited"), limit=MAX_LIMIT
+    created = await _invitations(
+        organization_id, [invitation_id for invitation_id, _, _ in result.invitations]
     )
-    ids = {invitation_id for invitation_id, _, _ in result.invitations}
-    created = [
-        s.Invitation(
-            id=i.id,
-            organization_id=organization_id,
-            email=i.email,
-            roles=i.roles,
-            created_at=i.created_at,
-            expires_at=i.expires_at,
-            expired=i.expired,
-        )
-        for i in page.invitations
-        if i.id in ids
-    ]
     return Response(s.InvitationsCreated(data=created, undelivered=undelivered), status_code=201)
 
 
@@ -696,23 +683,40 @@ async def resend_invitation(
         except members.NotFound:
             raise not_found("invitation") from None
     failed = await members.send_invitations(settings, actor, [(invitation_id, email, token)])
-    page = await members.list_members(
-        policy_of(request), organization_id, MemberQuery(status="invited", q=email), limit=MAX_LIMIT
-    )
-    found = next(i for i in page.invitations if i.id == invitation_id)
-    return s.InvitationResent(data=_invitation(organization_id, found), delivered=not failed)
+    (found,) = await _invitations(organization_id, [invitation_id])
+    return s.InvitationResent(data=found, delivered=not failed)
 
 
-def _invitation(organization_id: str, i: Any) -> s.Invitation:
-    return s.Invitation(
-        id=i.id,
-        organization_id=organization_id,
-        email=i.email,
-        roles=i.roles,
-        created_at=i.created_at,
-        expires_at=i.expires_at,
-        expired=i.expired,
+async def _invitations(organization_id: str, invitation_ids: list[str]) -> list[s.Invitation]:
+    """The given invitations of the organization (just written by the Members service), by email."""
+    rows = (
+        await InvitationTable.select(
+            InvitationTable.id,
+            InvitationTable.email,
+            InvitationTable.roles,
+            InvitationTable.created_at,
+            InvitationTable.expires_at,
+        )
+        .where(
+            (InvitationTable.organization == organization_id)
+            & InvitationTable.id.is_in(invitation_ids or [""])
+        )
+        .order_by(InvitationTable.email)
+        .output(load_json=True)
     )
+    now = clock.utcnow()
+    return [
+        s.Invitation(
+            id=r["id"],
+            organization_id=organization_id,
+            email=r["email"],
+            roles=list(r["roles"] or []),
+            created_at=r["created_at"],
+            expires_at=r["expires_at"],
+            expired=r["expires_at"] <= now,
+        )
+        for r in rows
+    ]
 
 
 @get("/roles", opt=_opt("memberships:read"), responses=errors(), tags=["memberships"])

@@ -331,3 +331,26 @@ async def test_unknown_paths_and_methods_are_problems(client: httpx.AsyncClient,
     response = await client.put("/api/v1/organizations", headers={"authorization": f"Bearer {key}"})
     assert response.status_code == 405 and response.headers["content-type"] == "application/problem+json"
     assert "POST" in response.headers["allow"]
+
+
+async def test_concurrent_retries_with_one_idempotency_key_create_once(
+    client: httpx.AsyncClient, key: str
+) -> None:
+    import asyncio
+
+    async def attempt() -> httpx.Response:
+        return await call(
+            client,
+            "POST",
+            "/organizations",
+            key,
+            json={"name": "concurrent"},
+            headers={"idempotency-key": "same"},
+        )
+
+    responses = await asyncio.gather(*(attempt() for _ in range(4)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {201, 409} and 201 in statuses, statuses
+    created = {r.json()["id"] for r in responses if r.status_code == 201}
+    assert len(created) == 1
+    assert await Organization.count().where(Organization.name == "concurrent") == 1
