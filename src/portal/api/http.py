@@ -168,6 +168,12 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         detail = exc.detail if status < 500 else TITLES[500]
         headers = dict(exc.headers or {})
         return problem(request, ApiError(status, detail, headers=headers))
+    if db.is_unique_violation(exc):
+        # A concurrent request took the same name, external id, email or membership between our check and
+        # the write: the transaction rolled back; retrying gets the ordinary 422 naming the field.
+        return problem(
+            request, ApiError(409, "A concurrent change conflicted with this one. Retry the request.")
+        )
     log.exception("unhandled API error request_id=%s", request_id_of(request.scope), exc_info=exc)
     return problem(
         request, ApiError(500, "The error has been logged. Quote the request id if you report it.")

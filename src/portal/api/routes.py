@@ -484,6 +484,16 @@ async def list_memberships(
 ) -> Response[s.MembershipPage]:
     """An organization's members (the Members widget's list: by name, keyset pages)."""
     await _org_row(caller_of(request), organization_id)
+    if role is not None and role not in policy_of(request).roles:
+        raise ApiError(
+            422,
+            f"role: {role!r} is not a role defined in the policy.",
+            errors=[
+                FieldError(
+                    "role", f"Not a role defined in the policy ({', '.join(policy_of(request).roles)})."
+                )
+            ],
+        )
     page = await members.list_members(
         policy_of(request),
         organization_id,

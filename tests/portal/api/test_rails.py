@@ -257,3 +257,43 @@ async def test_keys_are_hashed_at_rest_and_bound_keys_record_their_organization(
     assert await keys.authenticate("portal_sk_") is None
     await keys.revoke(row["id"])
     assert await keys.authenticate(clear) is None
+
+
+async def test_member_list_filters(client: httpx.AsyncClient, db: Engine) -> None:
+    _id, key = await make_key()
+    org = await make_org()
+    admin = await make_member(org, await make_user("ada@example.test", given_name="Ada"), roles=["admin"])
+    await make_member(org, await make_user("bob@example.test", given_name="Bob"), roles=["member"])
+    url = f"/organizations/{org['id']}/memberships"
+    admins = (await call(client, "GET", f"{url}?role=admin", key)).json()["data"]
+    assert [m["id"] for m in admins] == [admin["id"]]
+    found = (await call(client, "GET", f"{url}?q=bo", key)).json()["data"]
+    assert [m["email"] for m in found] == ["bob@example.test"]
+    unknown = await call(client, "GET", f"{url}?role=owner", key)
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "role"
+
+
+async def test_a_unique_violation_from_a_race_is_409_not_500(
+    client: httpx.AsyncClient, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _id, key = await make_key()
+    await make_org("taken")
+    real = Organization.exists
+
+    class Racing:
+        # The check before the insert sees no organization "taken" (another request's is not committed yet).
+        def where(self, *args: object) -> Racing:
+            return self
+
+        def __await__(self):  # type: ignore[no-untyped-def]
+            async def no() -> bool:
+                return False
+
+            return no().__await__()
+
+    monkeypatch.setattr(Organization, "exists", classmethod(lambda cls: Racing()))
+    response = await call(client, "POST", "/organizations", key, json={"name": "taken"})
+    monkeypatch.setattr(Organization, "exists", real)
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert await Organization.count().where(Organization.name == "taken") == 1
