@@ -38,15 +38,19 @@ async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
     key = key[:400]
     await RateEvent.delete().where((RateEvent.key == key) & (RateEvent.at <= now - window))
     mine = await RateEvent.insert(RateEvent(key=key, at=now)).returning(RateEvent.id)
+    in_window = (RateEvent.key == key) & (RateEvent.at > now - window)
+    # Count first: a key with a large limit (the management API's) must not read every event of its window.
+    counted = await RateEvent.count().where(in_window)
+    if counted <= limit:
+        oldest = await RateEvent.select(RateEvent.at).where(in_window).order_by(RateEvent.at).first()
+        reset = (oldest["at"] + window - now).total_seconds() if oldest else window_seconds
+        return RateResult(True, remaining=limit - counted, reset_seconds=max(0, math.ceil(reset)))
     rows = (
         await RateEvent.select(RateEvent.id, RateEvent.at)
-        .where((RateEvent.key == key) & (RateEvent.at > now - window))
+        .where(in_window)
         .order_by(RateEvent.at)
         .order_by(RateEvent.id)
     )
-    if len(rows) <= limit:
-        reset = (rows[0]["at"] + window - now).total_seconds() if rows else window_seconds
-        return RateResult(True, remaining=limit - len(rows), reset_seconds=max(0, math.ceil(reset)))
     my_id = mine[0]["id"]
     await RateEvent.delete().where(RateEvent.id == my_id)
     others = [row for row in rows if row["id"] != my_id]
