@@ -77,7 +77,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tmp_path: Pat
                 "-n", os.environ.get("PORTAL_TEST_FUZZ_EXAMPLES", "12"), "--seed", "11", "--workers", "1",
                 "--no-color", "--request-timeout", "10",
             ],
-            capture_output=True, text=True, timeout=200,
+            capture_output=True, text=True, timeout=200, cwd=tmp_path,  # its cache stays out of the tree
         )  # fmt: skip
         log = (tmp_path / "serve.log").read_text()
     output = run.stdout + run.stderr
