@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/sessions.py
 	$(PY) bench/oidc.py
 	$(PY) bench/load.py
+	$(PY) bench/api.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

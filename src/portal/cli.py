@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from policy import Feature, PolicyEngine, PolicyError, check_policy_dir
+from portal.api import cli as api_cli
 from portal.auth import accounts
 from portal.core import db, logs
 from portal.core.errors import InvalidInput
@@ -423,6 +424,7 @@ def secrets_rotate() -> None:
 
 main.add_command(oidc_cli.client)  # issue 10: portal client ...
 main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
+main.add_command(api_cli.api_key)  # issue 11: portal api-key ...
 
 
 if __name__ == "__main__":

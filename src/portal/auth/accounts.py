@@ -204,7 +204,13 @@ async def create_organization(
 
 
 async def create_user(
-    email: str, *, given_name: str = "", family_name: str = "", verified: bool = False
+    email: str,
+    *,
+    given_name: str = "",
+    family_name: str = "",
+    verified: bool = False,
+    actor_id: str | None = None,
+    ip: str = "",
 ) -> dict[str, Any]:
     """Create a user with a normalized, unique email."""
     email = normalize_email(email)
@@ -219,7 +225,7 @@ async def create_user(
         display_name=display,
     )
     await user.save()
-    await audit("user.created", target=user.id)
+    await audit("user.created", actor_id=actor_id, target=user.id, details={"email": email}, ip=ip)
     return cast(dict[str, Any], await User.select().where(User.id == user.id).first())
 
 
@@ -276,6 +282,112 @@ async def add_member(
         dict[str, Any],
         await Membership.select().where(Membership.id == membership.id).first().output(load_json=True),
     )
+
+
+# --- issue 11: api -- the organization fields only the app sets (no widget edits them)
+MAX_METADATA_BYTES = 16 * 1024
+_UNSET: Any = object()
+
+
+async def update_organization(
+    organization_id: str,
+    *,
+    features: Sequence[str] | None = None,
+    external_id: str | None = _UNSET,
+    metadata: dict[str, Any] | None = None,
+    actor_id: str | None = None,
+    ip: str = "",
+) -> list[str]:
+    """Set the features, external id (None or ``""`` clears it) and metadata the app owns; audit
+    ``organization.updated`` with old and new values. Returns the changed fields. Call inside a write
+    transaction."""
+    row = await (
+        Organization.select(Organization.features, Organization.external_id, Organization.metadata)
+        .where(Organization.id == organization_id)
+        .first()
+        .output(load_json=True)
+    )
+    if row is None:
+        raise LookupError(organization_id)
+    new: dict[str, Any] = {}
+    if features is not None:
+        new["features"] = parse_features(features)
+    if external_id is not _UNSET:
+        cleaned = (external_id or "").strip() or None
+        if cleaned is not None and (len(cleaned) > 200 or any(ord(ch) < 32 for ch in cleaned)):
+            raise InvalidInput("external_id", "Use at most 200 characters and no control characters.")
+        if cleaned is not None and await Organization.exists().where(
+            (Organization.external_id == cleaned) & (Organization.id != organization_id)
+        ):
+            raise InvalidInput("external_id", f"An organization with external id {cleaned!r} already exists.")
+        new["external_id"] = cleaned
+    if metadata is not None:
+        import json
+
+        if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+            raise InvalidInput("metadata", f"Keep metadata under {MAX_METADATA_BYTES} bytes of JSON.")
+        new["metadata"] = metadata
+    changes = {k: {"old": row[k], "new": v} for k, v in new.items() if row[k] != v}
+    if not changes:
+        return []
+    update: dict[Any, Any] = {Organization._meta.get_column_by_name(k): new[k] for k in changes}
+    update[Organization.updated_at] = clock.utcnow()
+    await Organization.update(update).where(Organization.id == organization_id)
+    await audit(
+        "organization.updated",
+        organization_id=organization_id,
+        actor_id=actor_id,
+        target=organization_id,
+        details={"fields": list(changes), "changes": changes},
+        ip=ip,
+    )
+    return list(changes)
+
+
+async def delete_organization(organization_id: str, *, actor_id: str | None = None, ip: str = "") -> bool:
+    """Delete an organization with its memberships, invitations and domains (its audit events stay);
+    sessions pointing at it lose their active organization. False if there is none."""
+    row = await Organization.select(Organization.name).where(Organization.id == organization_id).first()
+    if row is None:
+        return False
+    await Organization.delete().where(Organization.id == organization_id)
+    await audit(
+        "organization.deleted",
+        organization_id=organization_id,
+        actor_id=actor_id,
+        target=organization_id,
+        details={"name": row["name"]},
+        ip=ip,
+    )
+    return True
+
+
+async def switch_organization(
+    session_id: str, user_id: str, organization_id: str, *, from_id: str | None, actor_id: str, ip: str
+) -> None:
+    """Make one of the user's organizations the session's active one (and the user's last one); audit
+    ``organization.switched``. LookupError unless the user is an active member (tenant check)."""
+    if not await Membership.exists().where(
+        (Membership.user == user_id)
+        & (Membership.organization == organization_id)
+        & (Membership.status == "active")
+    ):
+        raise LookupError(organization_id)
+    from portal.auth import sessions
+
+    await sessions.set_active_organization(session_id, organization_id)
+    await User.update({User.last_organization: organization_id}).where(User.id == user_id)
+    await audit(
+        "organization.switched",
+        organization_id=organization_id,
+        actor_id=actor_id,
+        target=organization_id,
+        details={"from": from_id, "session_id": session_id},
+        ip=ip,
+    )
+
+
+# --- end issue 11: api
 
 
 DEMO_ORG = "acme"

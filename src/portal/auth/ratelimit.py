@@ -21,6 +21,10 @@ class RateResult:
 
     allowed: bool
     retry_after_seconds: int = 0
+    #: Requests still allowed in the current window (for ``RateLimit`` headers).
+    remaining: int = 0
+    #: Seconds until the oldest counted request leaves the window.
+    reset_seconds: int = 0
 
 
 async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
@@ -34,21 +38,27 @@ async def hit(key: str, limit: int, window_seconds: int) -> RateResult:
     key = key[:400]
     await RateEvent.delete().where((RateEvent.key == key) & (RateEvent.at <= now - window))
     mine = await RateEvent.insert(RateEvent(key=key, at=now)).returning(RateEvent.id)
+    in_window = (RateEvent.key == key) & (RateEvent.at > now - window)
+    # Count first: a key with a large limit (the management API's) must not read every event of its window.
+    counted = await RateEvent.count().where(in_window)
+    if counted <= limit:
+        oldest = await RateEvent.select(RateEvent.at).where(in_window).order_by(RateEvent.at).first()
+        reset = (oldest["at"] + window - now).total_seconds() if oldest else window_seconds
+        return RateResult(True, remaining=limit - counted, reset_seconds=max(0, math.ceil(reset)))
     rows = (
         await RateEvent.select(RateEvent.id, RateEvent.at)
-        .where((RateEvent.key == key) & (RateEvent.at > now - window))
+        .where(in_window)
         .order_by(RateEvent.at)
         .order_by(RateEvent.id)
     )
-    if len(rows) <= limit:
-        return RateResult(True)
     my_id = mine[0]["id"]
     await RateEvent.delete().where(RateEvent.id == my_id)
     others = [row for row in rows if row["id"] != my_id]
     # The request fits once enough of the oldest counted events have left the window.
     freeing = others[len(others) - limit]
     wait = (freeing["at"] + window - now).total_seconds()
-    return RateResult(False, max(1, math.ceil(wait)))
+    retry = max(1, math.ceil(wait))
+    return RateResult(False, retry, remaining=0, reset_seconds=retry)
 
 
 def describe_wait(seconds: int) -> str:

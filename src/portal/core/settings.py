@@ -100,6 +100,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     #: How often back-channel logout tokens are sent (and failed deliveries retried).
     oidc_logout_interval: Seconds = 5
     # --- end issue 10: oidc
+    # --- issue 11: api
+    #: Requests one API key may make per ``api_rate_window`` (429 with ``Retry-After`` above).
+    api_rate_limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 600
+    #: The rate limit's window.
+    api_rate_window: Seconds = 60
+    # --- end issue 11: api
 
     # --- issue 15: serving
     #: Peers (IPs or CIDRs) whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` ``portal serve --proxy-headers``

@@ -484,6 +484,52 @@ class InvitationReplacedToken(Table, tablename="invitation_replaced_token"):
     replaced_at = Timestamptz(default=TimestamptzNow())
 
 
+# --- issue 11: api ---------------------------------------------------------------------------------------
+def api_key_id() -> str:
+    return f"apk_{secrets.token_urlsafe(16)}"
+
+
+class ApiKey(Table, tablename="api_key"):
+    """A management API key (``portal api-key create``): the clear ``portal_sk_…`` value exists only once."""
+
+    #: ``apk_…``: the actor of everything done with the key.
+    id = Varchar(length=40, primary_key=True, default=api_key_id)
+    name = Varchar(length=200)
+    #: The first characters of the key (``portal_sk_AbC1``), shown to tell keys apart.
+    prefix = Varchar(length=24)
+    #: SHA-256 of the key.
+    token_hash = Varchar(length=64, unique=True)
+    #: ``organizations:read``, ``members:write``… (JSON list of str).
+    scopes = JSON(default=[])
+    #: When set, the key sees and changes this organization only. Plain text, no foreign key: a deleted
+    #: organization must not turn a bound key into an unbound one.
+    organization_id = Varchar(length=40, null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: Written at most once a minute.
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+
+
+class ApiIdempotency(Table, tablename="api_idempotency"):
+    """The first answer to a POST with an ``Idempotency-Key``, replayed for the same key and body."""
+
+    id = BigSerial(primary_key=True)
+    #: ``<api key id>:<Idempotency-Key>``: keys are per API key.
+    scope_key = Varchar(length=300, unique=True)
+    #: SHA-256 of method, path, query and body: the same key with another request is refused.
+    request_hash = Varchar(length=64)
+    #: NULL while the first request is still running.
+    status = Integer(null=True, default=None)
+    response_body = Text(default="")
+    #: The response's headers worth replaying (JSON object).
+    response_headers = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz(index=True)
+
+
+# --- end issue 11: api
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -506,6 +552,8 @@ TABLES: tuple[type[Table], ...] = (
     SsoAssertion,
     JobOutbox,  # issue 15: serving
     InvitationReplacedToken,  # issue 16: newuser
+    ApiKey,  # issue 11: api
+    ApiIdempotency,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

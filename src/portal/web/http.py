@@ -59,6 +59,8 @@ class RequestLogMiddleware:
         # An id to quote, not a secret: Python's PRNG saves a system call per request.
         request_id = f"{random.getrandbits(64):016x}"
         scope.setdefault("state", {})["request_id"] = request_id
+        # Read now: a mounted app (``/api/v1``) sees its own part of the path in the scope.
+        path = scope.get("path", "-")
         started = time.perf_counter()
         status = 500
 
@@ -81,7 +83,7 @@ class RequestLogMiddleware:
             log.info(
                 "%s %s %s %.1fms request_id=%s",
                 scope.get("method", "-"),
-                scope.get("path", "-"),
+                path,
                 status,
                 (time.perf_counter() - started) * 1000,
                 request_id,

@@ -12,7 +12,6 @@ from litestar.response import Redirect
 
 from portal.auth import accounts, sessions
 from portal.core.settings import Settings
-from portal.core.tables import User
 from portal.web.guard import auth_of, require_auth
 from portal.web.pages import render
 from portal.web.registry import Section, WidgetRegistry
@@ -78,16 +77,17 @@ async def switch_organization(
     # tenant check: only an organization the user is an active member of.
     if not any(org["id"] == data.organization_id for org in auth.organizations):
         raise NotFoundException("No such organization.")
-    await sessions.set_active_organization(auth.session["id"], data.organization_id)
-    await User.update({User.last_organization: data.organization_id}).where(User.id == auth.user["id"])
-    await accounts.audit(
-        "organization.switched",
-        organization_id=data.organization_id,
-        actor_id=auth.user["id"],
-        target=data.organization_id,
-        details={"from": auth.organization["id"] if auth.organization else None},
-        ip=client_ip(request),
-    )
+    try:
+        await accounts.switch_organization(
+            auth.session["id"],
+            auth.user["id"],
+            data.organization_id,
+            from_id=auth.organization["id"] if auth.organization else None,
+            actor_id=auth.user["id"],
+            ip=client_ip(request),
+        )
+    except LookupError:
+        raise NotFoundException("No such organization.") from None
     return Redirect(safe_return_to(data.return_to), status_code=303)
 
 

@@ -110,6 +110,9 @@ class Actor:
     organization_id: str
     roles: tuple[str, ...]
     ip: str
+    #: False for a management API key (``user_id`` is then the key's id, the actor of its audit events):
+    #: it is nobody's user, so invitations record no inviter and their email names the organization.
+    is_user: bool = True
 
 
 # --- roles --------------------------------------------------------------------------------------------------
@@ -533,7 +536,7 @@ async def invite(settings: Settings, policy: PolicyEngine, actor: Actor, form: I
             email=email,
             roles=roles,
             token_hash=ids.hash_secret(token),
-            invited_by=actor.user_id,
+            invited_by=actor.user_id if actor.is_user else None,
             expires_at=expires_at,
             created_at=now,
             submission_id=submission_id,
@@ -634,10 +637,12 @@ def invitation_mail(
 ) -> tuple[str, str]:
     """Subject and text of an invitation email."""
     who = (inviter.get("display_name") or "").strip() or inviter["email"]
+    # The API invites in the organization's name: no address of a person to show.
+    by = f" ({inviter['email']})" if inviter["email"] else ""
     subject = mail.subject(settings, f"{who} invited you to join {organization}")
     role_text = ", ".join(roles)
     text = (
-        f"{who} ({inviter['email']}) invited you to join {organization} on {settings.brand_name}"
+        f"{who}{by} invited you to join {organization} on {settings.brand_name}"
         f" with the role{'s' if len(roles) != 1 else ''} {role_text}.\n\n"
         f"Accept the invitation:\n\n    {accept_url(settings, token)}\n\n"
         f"The link works once and until {expires_at:%Y-%m-%d %H:%M} UTC. If you did not expect this "
@@ -660,6 +665,9 @@ async def send_invitations(
         .where(Organization.id == actor.organization_id)
         .first()
     )
+    if not actor.is_user and org is not None:
+        # Sent by the app through the API: the organization is the inviter.
+        inviter = {"email": "", "display_name": org["display_name"]}
     rows = (
         await Invitation.select(Invitation.id, Invitation.roles, Invitation.expires_at)
         .where(

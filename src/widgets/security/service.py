@@ -252,8 +252,11 @@ async def list_sessions(settings: Settings, user_id: str, current_id: str) -> li
     return views
 
 
-async def revoke_session(user_id: str, session_id: str, *, organization_id: str | None, ip: str) -> None:
-    """Revoke one of the user's own live sessions (it stops working on its next request); NotFound if not."""
+async def revoke_session(
+    user_id: str, session_id: str, *, organization_id: str | None, ip: str, actor_id: str | None = None
+) -> None:
+    """Revoke one of the user's own live sessions (it stops working on its next request); NotFound if not.
+    ``actor_id``: who did it when not the user (an API key)."""
     # tenant check: only a live session of this user; anyone else's id is unknown.
     row = (
         await Session.select(Session.id, Session.user_agent)
@@ -262,11 +265,11 @@ async def revoke_session(user_id: str, session_id: str, *, organization_id: str 
     )
     if row is None:
         raise NotFound(session_id)
-    await sessions.revoke(session_id, "user")
+    await sessions.revoke(session_id, "user" if actor_id is None else "api")
     await accounts.audit(
         "session.revoked",
         organization_id=organization_id,
-        actor_id=user_id,
+        actor_id=actor_id or user_id,
         target=session_id,
         details={"device": useragent.parse(row["user_agent"] or "").describe()},
         ip=ip,
