@@ -14,6 +14,7 @@ from portal.core import clock, db
 from portal.core.ids import hash_secret, new_secret
 from portal.core.settings import Settings
 from portal.core.tables import Organization, Session, SessionEnd, User
+from portal.webhooks import events
 
 #: last_seen_at is written at most this often per session.
 TOUCH_INTERVAL = timedelta(minutes=1)
@@ -153,12 +154,14 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
 
 async def revoke(session_id: str, reason: str) -> None:
     """Revoke one session; it stops working on its next request, and :func:`ended` tells the apps."""
-    revoked = (
-        await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason})
-        .where((Session.id == session_id) & Session.revoked_at.is_null())
-        .returning(Session.id, Session.user)
-    )
-    await ended([(row["id"], row["user"]) for row in revoked], reason)
+    # The revocation and its announcement commit together (issue 11: the webhook outbox).
+    async with db.write_transaction():
+        revoked = (
+            await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason})
+            .where((Session.id == session_id) & Session.revoked_at.is_null())
+            .returning(Session.id, Session.user)
+        )
+        await ended([(row["id"], row["user"]) for row in revoked], reason)
 
 
 async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id: str | None = None) -> None:
@@ -184,6 +187,20 @@ async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id
             )
             for session_id, user_id in sessions
         )
+    )
+    # issue 11: webhooks. ``user.logout`` for every session end, in the same transaction.
+    await events.emit_many(
+        events.Event(
+            "user.logout",
+            organization_id,
+            {
+                "user_id": user_id,
+                "session_id": session_id,
+                "reason": reason,
+                "organization_id": organization_id,
+            },
+        )
+        for session_id, user_id in sessions
     )
 
 

@@ -23,7 +23,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from portal.auth import sessions
 from portal.auth.sessions import Timeouts
-from portal.core import clock
+from portal.core import clock, db
 from portal.core.settings import Settings
 from portal.core.tables import Session
 
@@ -163,12 +163,14 @@ async def sweep_expired(
     counts = {"absolute": 0, "idle": 0}
     batches = 0
     while True:
-        rows = await Session.raw(sql, *args)
+        # A batch and its announcements (session ends, ``user.logout`` webhooks) commit together.
+        async with db.write_transaction():
+            rows = await Session.raw(sql, *args)
+            for reason in ("absolute", "idle"):
+                await sessions.ended([(r["id"], r["user_id"]) for r in rows if r["reason"] == reason], reason)
         batches += 1
         for row in rows:
             counts[row["reason"]] += 1
-        for reason in ("absolute", "idle"):
-            await sessions.ended([(r["id"], r["user_id"]) for r in rows if r["reason"] == reason], reason)
         if len(rows) < batch_size:
             break
     result = SweepResult(absolute=counts["absolute"], idle=counts["idle"], batches=batches)
