@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from portal.auth import accounts
 from portal.core import clock, crypto, outbound
@@ -120,7 +120,7 @@ def _description(value: str) -> str:
 
 
 async def _endpoint_row(endpoint_id: str, organization_id: str | None) -> dict[str, Any]:
-    where = WebhookEndpoint.id == endpoint_id
+    where: Any = WebhookEndpoint.id == endpoint_id
     if organization_id is not None:
         where &= WebhookEndpoint.organization_id == organization_id  # tenant check
     row: dict[str, Any] | None = await WebhookEndpoint.select().where(where).first().output(load_json=True)
@@ -139,13 +139,14 @@ async def create_endpoint(
     actor_id: str | None = None,
 ) -> tuple[EndpointView, str]:
     """Register an endpoint; returns it and its ``whsec_`` secret, which is shown only now (stored sealed)."""
-    checked = await check_url(settings, url)
+    # The cheap checks first: the URL's check resolves its host name.
     types = parse_event_types(event_types)
     text = _description(description)
     if organization_id is not None and not await Organization.exists().where(
         Organization.id == organization_id
     ):
         raise InvalidInput("organization_id", "No such organization.")
+    checked = await check_url(settings, url)
     secret = signing.new_secret()
     now = clock.utcnow()
     endpoint = WebhookEndpoint(
@@ -249,7 +250,7 @@ async def list_deliveries(
 ) -> list[DeliveryView]:
     """An endpoint's deliveries, newest first, each with its attempt log; ``before`` (a delivery id) pages."""
     await _endpoint_row(endpoint_id, organization_id)
-    where = WebhookDelivery.endpoint == endpoint_id
+    where: Any = WebhookDelivery.endpoint == endpoint_id
     if before is not None:
         cursor = (
             await WebhookDelivery.select(WebhookDelivery.created_at)
@@ -277,7 +278,7 @@ async def list_deliveries(
 async def list_event_deliveries(event_id: str, *, organization_id: str | None = None) -> list[DeliveryView]:
     """Every delivery of one event (to the endpoints in scope)."""
     await _event_row(event_id, organization_id)
-    where = WebhookDelivery.event == event_id
+    where: Any = WebhookDelivery.event == event_id
     if organization_id is not None:
         where &= WebhookDelivery.endpoint.organization_id == organization_id  # tenant check
     rows = (
@@ -323,7 +324,7 @@ async def _with_log(rows: list[dict[str, Any]]) -> list[DeliveryView]:
 
 
 async def _event_row(event_id: str, organization_id: str | None) -> dict[str, Any]:
-    where = WebhookEvent.id == event_id
+    where: Any = WebhookEvent.id == event_id
     if organization_id is not None:
         where &= WebhookEvent.organization_id == organization_id  # tenant check
     row: dict[str, Any] | None = await WebhookEvent.select().where(where).first().output(load_json=True)
@@ -343,7 +344,7 @@ async def replay_event(
     owed) to, or only to ``endpoint_id``: its deliveries start over as pending, due now. Returns their ids
     (queue them with ``delivery.enqueue``, or leave them to the dispatch cron)."""
     event = await _event_row(event_id, organization_id)
-    where = (WebhookDelivery.event == event_id) & WebhookDelivery.endpoint.enabled.eq(True)
+    where = (WebhookDelivery.event == event_id) & cast(Any, WebhookDelivery.endpoint.enabled).eq(True)
     if organization_id is not None:
         where &= WebhookDelivery.endpoint.organization_id == organization_id  # tenant check
     if endpoint_id is not None:

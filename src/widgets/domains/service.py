@@ -506,13 +506,14 @@ async def _audit_rows(rows: Iterable[dict[str, Any]], action: str, details: dict
         await webhook_events.emit_many(
             webhook_events.Event(
                 action,
-                event.organization_id,
+                row["organization"],
                 {
-                    "organization_id": event.organization_id,
+                    "organization_id": row["organization"],
                     "actor_id": None,
-                    "target": event.target,
-                    **event.details,
+                    "target": row["id"],
+                    "domain": row["domain"],
+                    **details,
                 },
             )
-            for event in events
+            for row in rows
         )

@@ -47,8 +47,11 @@ class Receiver:
     status: int | None = None
     #: Seconds to wait before answering.
     delay: float = 0.0
-    #: While set, requests wait (a receiver that does not answer) until it is cleared.
-    hang: threading.Event = field(default_factory=threading.Event)
+    #: The first N requests never get an answer (they wait until the receiver stops) and are not recorded.
+    swallow: int = 0
+    #: Requests that arrived, answered or not.
+    arrived: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
     requests: list[Received] = field(default_factory=list)
     _seen: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +65,12 @@ class Receiver:
         while len(self.requests) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         return list(self.requests)
+
+    def wait_arrived(self, count: int, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.arrived < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.arrived >= count
 
     def handle(self, headers: dict[str, str], body: bytes) -> int:
         with self._lock:
@@ -90,8 +99,12 @@ def receiver(**options: Any) -> Iterator[Receiver]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
-            while found.hang.is_set():
-                time.sleep(0.02)
+            with found._lock:
+                found.arrived += 1
+                swallowed = found.arrived <= found.swallow
+            if swallowed:
+                found._stop.wait()
+                return
             if found.delay:
                 time.sleep(found.delay)
             answered = found.handle({k.lower(): v for k, v in self.headers.items()}, body)
@@ -111,6 +124,6 @@ def receiver(**options: Any) -> Iterator[Receiver]:
     try:
         yield found
     finally:
-        found.hang.clear()
+        found._stop.set()
         server.shutdown()
         server.server_close()

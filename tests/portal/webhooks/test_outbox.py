@@ -47,12 +47,16 @@ async def test_a_rolled_back_change_emits_nothing(db: Engine, settings: Settings
     await subscribe(settings, hook)
     org = await make_org("acme")
     before_events, before_deliveries = len(await events_of()), len(await deliveries())
-    with pytest.raises(RuntimeError):
+
+    async def change_that_fails() -> None:
         async with portal_db.write_transaction():
             await accounts.create_user("carol@acme.test")
             await make_member(org, await accounts.find_user("carol@acme.test"), ["member"])
             assert len(await events_of()) == before_events + 2  # visible inside the transaction...
             raise RuntimeError("the change fails after its writes")
+
+    with pytest.raises(RuntimeError):
+        await change_that_fails()
     # ...and gone with it: no user, no membership, no event, no delivery, nothing sent.
     assert await accounts.find_user("carol@acme.test") is None
     assert await Membership.count() == 0
@@ -83,10 +87,14 @@ async def test_a_committed_change_writes_one_delivery_per_subscribed_endpoint(
 async def test_session_ends_emit_user_logout_and_a_failed_revoke_emits_none(db: Engine) -> None:
     user = await make_user()
     _token, session_id = await sessions.create_session(user["id"], auth_method="test")
-    with pytest.raises(RuntimeError):
+
+    async def revoke_then_fail() -> None:
         async with portal_db.write_transaction():
             await sessions.revoke(session_id, "logout")
             raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        await revoke_then_fail()
     assert await events_of("user.logout") == []
     await sessions.revoke(session_id, "logout")
     await sessions.revoke(session_id, "logout")  # already ended: nothing more
