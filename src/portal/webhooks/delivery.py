@@ -132,12 +132,17 @@ class Outcome:
     error: str
 
 
-async def attempt(settings: Settings, http: httpx.AsyncClient, row: dict[str, Any]) -> Outcome:
-    """Send one claimed delivery once (no database writes)."""
+async def attempt(
+    settings: Settings, http: httpx.AsyncClient, row: dict[str, Any], secrets: dict[str, str] | None = None
+) -> Outcome:
+    """Send one claimed delivery once (no database writes); ``secrets`` caches unsealed endpoint secrets."""
     attempts = int(row["attempts"]) + 1
     if not row["enabled"]:
         return Outcome(row["id"], row["endpoint"], attempts, False, None, 0, "the endpoint is disabled")
-    secret = crypto.unseal(settings, SECRET_PURPOSE, row["secret"]).decode()
+    cache = {} if secrets is None else secrets
+    secret = cache.get(row["secret"])
+    if secret is None:
+        secret = cache[row["secret"]] = crypto.unseal(settings, SECRET_PURPOSE, row["secret"]).decode()
     body = payload(row["event_type"], row["event_at"], row["event_data"])
     headers = signing.headers(secret, row["event_id"], int(time.time()), body)
     started = time.perf_counter()
@@ -296,10 +301,11 @@ async def send(
         follow_redirects=False, limits=httpx.Limits(max_connections=CONCURRENCY)
     )
     gate = asyncio.Semaphore(CONCURRENCY)
+    secrets: dict[str, str] = {}
 
     async def one(row: dict[str, Any]) -> Outcome:
         async with gate:
-            return await attempt(settings, client, row)
+            return await attempt(settings, client, row, secrets)
 
     try:
         outcomes = list(await asyncio.gather(*(one(row) for row in rows)))
