@@ -120,7 +120,9 @@ async def drained() -> bool:
     return not await WebhookDelivery.exists().where(WebhookDelivery.attempts == 0)
 
 
-async def run(args: argparse.Namespace, database_url: str, ports: dict[str, int], control: Any) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, database_url: str, ports: dict[str, int], control: Any
+) -> dict[str, Any]:
     if database_url.startswith("postgres"):
         from tests.conftest import recreate_postgres_database
 
@@ -139,7 +141,9 @@ async def run(args: argparse.Namespace, database_url: str, ports: dict[str, int]
         for mode in MODES:
             async with db.write_transaction():
                 endpoint, secret = await service.create_endpoint(
-                    settings, f"http://127.0.0.1:{ports[mode]}/hooks/{mode}", event_types=["membership.created"]
+                    settings,
+                    f"http://127.0.0.1:{ports[mode]}/hooks/{mode}",
+                    event_types=["membership.created"],
                 )
             endpoints[mode], secrets[mode] = endpoint.id, secret
         control.put(secrets)
@@ -151,14 +155,21 @@ async def run(args: argparse.Namespace, database_url: str, ports: dict[str, int]
             rounds += 1
         seconds = time.perf_counter() - started
         rows = await WebhookDelivery.select(
-            WebhookDelivery.endpoint, WebhookDelivery.status, WebhookDelivery.event, WebhookDelivery.next_attempt_at
+            WebhookDelivery.endpoint,
+            WebhookDelivery.status,
+            WebhookDelivery.event,
+            WebhookDelivery.next_attempt_at,
         )
         by_endpoint: dict[str, Counter[str]] = {mode: Counter() for mode in MODES}
         pending_retry: set[str] = set()
         mode_of = {v: k for k, v in endpoints.items()}
         for row in rows:
             by_endpoint[mode_of[row["endpoint"]]][row["status"]] += 1
-            if mode_of[row["endpoint"]] == "failing" and row["status"] == "pending" and row["next_attempt_at"]:
+            if (
+                mode_of[row["endpoint"]] == "failing"
+                and row["status"] == "pending"
+                and row["next_attempt_at"]
+            ):
                 pending_retry.add(row["event"])
         event_ids = {row["event"] for row in rows}
         return {
@@ -211,10 +222,14 @@ def main() -> None:
     ok = total_lost == 0 and not report["bad"] and sum(duplicates.values()) == 0
     print(f"webhooks: {args.events} events x 3 endpoints ({result['database']})")
     print(f"  {'write events (outbox)':<34}{result['write_seconds']:>9.2f} s")
-    print(f"  {'write + drain':<34}{result['seconds']:>9.2f} s ({rate:.0f} requests/s, {result['rounds']} rounds)")
+    print(
+        f"  {'write + drain':<34}{result['seconds']:>9.2f} s ({rate:.0f} requests/s, {result['rounds']} rounds)"
+    )
     for mode in MODES:
         print(f"  {mode + ' endpoint':<34}{json.dumps(result['by_endpoint'][mode])}  lost {lost[mode]}")
-    print(f"  {'bad signatures / duplicates':<34}{sum(report['bad'].values()):>9} / {sum(duplicates.values())}")
+    print(
+        f"  {'bad signatures / duplicates':<34}{sum(report['bad'].values()):>9} / {sum(duplicates.values())}"
+    )
     print(f"  {'CPU: portal / receivers':<34}{result['cpu']:>9.2f} s / {report['cpu']:.2f} s")
     print(
         json.dumps(
