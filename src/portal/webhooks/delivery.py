@@ -68,11 +68,12 @@ async def enqueue(queue: JobQueue, delivery_ids: list[str]) -> None:
 
 
 async def claim(
-    settings: Settings, *, ids: list[str] | None = None, limit: int = BATCH
+    settings: Settings, *, ids: list[str] | None = None, limit: int = BATCH, due_by: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Lease due deliveries (``ids`` only, if given) and return them with their event and endpoint."""
+    """Lease due deliveries (``ids`` only, if given; due by ``due_by``, default now) and return them with
+    their event and endpoint."""
     now = clock.utcnow()
-    due = (WebhookDelivery.next_attempt_at <= now) & (
+    due = (WebhookDelivery.next_attempt_at <= (due_by or now)) & (
         WebhookDelivery.lease_until.is_null() | (WebhookDelivery.lease_until < now)
     )
     if ids is not None:
@@ -327,10 +328,12 @@ async def deliver(ctx: JobContext, delivery_id: str) -> bool | None:
 
 
 async def dispatch_due(settings: Settings, http: httpx.AsyncClient | None = None) -> dict[str, int]:
-    """Claim and send due deliveries, a batch at a time, until none is due; counts by outcome."""
+    """Claim and send the deliveries due when it starts, a batch at a time; counts by outcome. (Retries that
+    come due meanwhile wait for the next run, so a run ends even while an endpoint keeps failing.)"""
     counts = {"delivered": 0, "failed": 0}
+    started = clock.utcnow()
     while True:
-        rows = await claim(settings)
+        rows = await claim(settings, due_by=started)
         outcomes = await send(settings, rows, http)
         for outcome in outcomes:
             counts["delivered" if outcome.ok else "failed"] += 1
