@@ -24,7 +24,7 @@ from portal.auth import accounts
 from portal.core import clock, crypto, db, outbound
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
-from portal.core.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from portal.core.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from portal.jobs import JobContext, JobQueue, cron, job
 from portal.webhooks import signing
 
@@ -345,3 +345,37 @@ async def dispatch_due(settings: Settings, http: httpx.AsyncClient | None = None
 async def dispatch(ctx: JobContext) -> dict[str, int]:
     """Send what is due: retries, and deliveries whose job was lost (a web process killed after its commit)."""
     return await dispatch_due(ctx.settings)
+
+
+#: Events (with their deliveries and attempt log) are kept this long once nothing more is owed for them.
+RETENTION = timedelta(days=30)
+PURGE_BATCH = 1000
+
+
+@cron("webhook_purge", interval=lambda settings: 3600)
+async def purge(ctx: JobContext) -> dict[str, int]:
+    """Delete events older than :data:`RETENTION` that owe nothing (no pending delivery), with their
+    deliveries and attempts, a batch per transaction."""
+    cutoff = clock.utcnow() - RETENTION
+    deleted = 0
+    while True:
+        async with db.write_transaction():
+            old = [
+                row["id"]
+                for row in await WebhookEvent.select(WebhookEvent.id)
+                .where(WebhookEvent.created_at < cutoff)
+                .order_by(WebhookEvent.created_at)
+                .limit(PURGE_BATCH)
+            ]
+            owed = {
+                row["event"]
+                for row in await WebhookDelivery.select(WebhookDelivery.event).where(
+                    WebhookDelivery.event.is_in(old or ["-"]) & (WebhookDelivery.status == "pending")
+                )
+            }
+            done = [event_id for event_id in old if event_id not in owed]
+            if done:
+                await WebhookEvent.delete().where(WebhookEvent.id.is_in(done))
+        deleted += len(done)
+        if len(old) < PURGE_BATCH or not done:
+            return {"events": deleted}

@@ -265,3 +265,30 @@ async def test_organization_scoped_calls_never_see_another_organizations_endpoin
         await service.replay_event(event["id"], organization_id=acme["id"])
     assert await WebhookEndpoint.count() == 2
     assert [e.id for e in await service.list_endpoints(organization_id=globex["id"])] == [theirs.id]
+
+
+async def test_purge_keeps_recent_events_and_events_still_owed(
+    db: Engine, settings: Settings, frozen_clock: FrozenClock
+) -> None:
+    from portal.jobs import InlineQueue
+
+    with receiver(status=500) as down, receiver() as up:
+        await subscribe(settings, up)
+        await make_org("delivered")
+        await delivery.dispatch_due(settings)
+        broken = await subscribe(settings, down, "organization.created")
+        owed = await make_org("owed")  # still pending for the failing endpoint
+        await delivery.dispatch_due(settings)
+        frozen_clock.advance(days=29)
+        recent = await make_org("recent")
+        frozen_clock.advance(days=2)
+        context = InlineQueue(settings, run_crons=False).context
+        assert await delivery.purge(context) == {"events": 1}
+    assert {e["organization_id"] for e in await events_of()} == {owed["id"], recent["id"]}
+    pending = await WebhookDelivery.select().where(WebhookDelivery.status == "pending")
+    assert (broken.id, owed["id"]) in {
+        (r["endpoint"], e["organization_id"])
+        for r in pending
+        for e in await events_of()
+        if e["id"] == r["event"]
+    }
