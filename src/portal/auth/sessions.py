@@ -170,8 +170,9 @@ async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id
     (session id, user id) pairs it ended, inside its own transaction. ``organization_id`` says only that
     organization's side ended (the member was removed from it; the portal session lives on).
 
-    It only records a ``session_end`` row per session (durable, cheap, never blocks the user); background jobs
-    read them: the OpenID Provider sends back-channel logout tokens (``portal.oidc.logout``), with retries.
+    It only records a ``session_end`` row and a ``user.logout`` webhook event per session (durable, cheap,
+    never blocks the user); background jobs read them: the OpenID Provider sends back-channel logout tokens
+    (``portal.oidc.logout``), the webhook jobs deliver the events (``portal.webhooks.delivery``), with retries.
     """
     if not sessions:
         return
