@@ -1,4 +1,4 @@
-"""``portal webhook create|list|delete|deliveries|replay``: the webhook service functions on the command line."""
+"""``portal webhook create|list|enable|disable|delete|deliveries|replay``: the webhook service functions on the command line."""
 
 from __future__ import annotations
 
@@ -99,6 +99,30 @@ def webhook_delete(endpoint_id: str) -> None:
 
     _run(_settings(), lambda: service.delete_endpoint(endpoint_id))
     click.echo(f"deleted {endpoint_id}")
+
+
+@webhook.command("enable")
+@click.argument("endpoint_id")
+def webhook_enable(endpoint_id: str) -> None:
+    """Turn an endpoint back on (after it was disabled for failing); its failure record is cleared."""
+    from portal.cli import _settings
+    from portal.webhooks import service
+
+    settings = ensure_secret_key(_settings())
+    _run(settings, lambda: service.update_endpoint(settings, endpoint_id, enabled=True))
+    click.echo(f"enabled {endpoint_id}")
+
+
+@webhook.command("disable")
+@click.argument("endpoint_id")
+def webhook_disable(endpoint_id: str) -> None:
+    """Stop sending to an endpoint (new events are not kept for it)."""
+    from portal.cli import _settings
+    from portal.webhooks import service
+
+    settings = ensure_secret_key(_settings())
+    _run(settings, lambda: service.update_endpoint(settings, endpoint_id, enabled=False))
+    click.echo(f"disabled {endpoint_id}")
 
 
 @webhook.command("deliveries")

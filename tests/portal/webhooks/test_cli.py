@@ -55,6 +55,14 @@ def test_create_list_deliveries_replay_delete(run, hook: Receiver) -> None:  # t
     code, out = run("webhook", "deliveries", endpoint_id)
     assert "delivered  attempts 1" in out and re.search(r"delivered  200  \d+ ms", out)
 
+    code, out = run("webhook", "disable", endpoint_id)
+    assert code == 0 and f"disabled {endpoint_id}" in out
+    assert "disabled (manual)" in run("webhook", "list")[1]
+    code, out = run("webhook", "enable", endpoint_id)
+    assert code == 0 and f"enabled {endpoint_id}" in out
+    assert f"{endpoint_id}  enabled" in run("webhook", "list")[1]
+    assert run("webhook", "enable", "whe_nope")[0] == 1
+
     code, out = run("webhook", "delete", endpoint_id)
     assert code == 0 and f"deleted {endpoint_id}" in out
     assert endpoint_id not in run("webhook", "list")[1]
