@@ -17,7 +17,7 @@ from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
 from portal.core.tables import Organization, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from portal.webhooks import signing
-from portal.webhooks.delivery import SECRET_PURPOSE
+from portal.webhooks.delivery import SECRET_PURPOSE, fail_pending
 from portal.webhooks.events import EVENT_TYPES
 
 MAX_DESCRIPTION = 200
@@ -194,8 +194,8 @@ async def update_endpoint(
     enabled: bool | None = None,
     actor_id: str | None = None,
 ) -> EndpointView:
-    """Change an endpoint's URL, event types, description or enabled state (re-enabling clears its
-    failure record); fields left None stay."""
+    """Change an endpoint's URL, event types, description or enabled state (disabling gives up its pending
+    deliveries; re-enabling clears its failure record); fields left None stay."""
     row = await _endpoint_row(endpoint_id, organization_id)
     values: dict[Any, Any] = {}
     if url is not None:
@@ -212,6 +212,9 @@ async def update_endpoint(
     if values:
         values[WebhookEndpoint.updated_at] = clock.utcnow()
         await WebhookEndpoint.update(values).where(WebhookEndpoint.id == endpoint_id)
+        if enabled is False and row["enabled"]:
+            # Nothing is kept for a disabled endpoint: what it was still owed is given up, not retried.
+            await fail_pending(endpoint_id, "the endpoint was disabled")
         await accounts.audit(
             "webhook.endpoint_updated",
             organization_id=row["organization_id"],

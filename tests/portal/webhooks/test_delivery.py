@@ -292,3 +292,28 @@ async def test_purge_keeps_recent_events_and_events_still_owed(
         for e in await events_of()
         if e["id"] == r["event"]
     }
+
+
+async def test_disabling_an_endpoint_gives_up_what_it_was_owed(
+    db: Engine, settings: Settings, hook: Receiver
+) -> None:
+    endpoint = await subscribe(settings, hook)
+    await make_org("acme")
+    async with portal_db.write_transaction():
+        await service.update_endpoint(settings, endpoint.id, enabled=False)
+    [row] = await deliveries()
+    assert (row["status"], row["next_attempt_at"], row["last_error"]) == (
+        "failed",
+        None,
+        "the endpoint was disabled",
+    )
+    assert await delivery.dispatch_due(settings) == {"delivered": 0, "failed": 0}
+    await make_org("globex")  # nothing is kept for it while disabled
+    assert len(await deliveries()) == 1
+    assert hook.requests == []
+    [audit] = (
+        await AuditEvent.select()
+        .where(AuditEvent.action == "webhook.endpoint_updated")
+        .output(load_json=True)
+    )
+    assert audit["details"]["fields"] == ["disabled_at", "disabled_reason", "enabled", "failing_since"]
