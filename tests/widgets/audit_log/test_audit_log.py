@@ -308,6 +308,9 @@ async def test_filters_by_actor_action_and_dates(client: httpx.AsyncClient, worl
         "alice@acme.test added the domain one.test"
     ]
     assert await shown("actor=nobody") == []
+    dana = await make_user("dana_x@acme.test")
+    await event(acme, "domain.added", actor=dana, at=base, domain="three.test")
+    assert await shown("actor=dana_x") == ["dana_x@acme.test added the domain three.test"]
     page = await client.get(f"{URL}?actor=nobody", headers=HTML)
     assert "No entries match these filters." in page.text
 
