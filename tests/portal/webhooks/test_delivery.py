@@ -317,3 +317,20 @@ async def test_disabling_an_endpoint_gives_up_what_it_was_owed(
         .output(load_json=True)
     )
     assert audit["details"]["fields"] == ["disabled_at", "disabled_reason", "enabled", "failing_since"]
+
+
+async def test_secrets_rotate_reseals_endpoint_secrets_and_deliveries_still_verify(
+    db: Engine, settings: Settings, hook: Receiver
+) -> None:
+    from portal.core import crypto
+
+    await subscribe(settings, hook)
+    rotated = msgspec.structs.replace(
+        settings, secret_key="a-brand-new-secret-key-" + "y" * 32, previous_secret_keys=[settings.secret_key]
+    )
+    counts = await crypto.reseal_all(rotated)
+    assert counts["webhook_endpoint.secret"] == 1
+    only_new = msgspec.structs.replace(rotated, previous_secret_keys=[])  # the old key is gone
+    await make_org("acme")
+    assert await delivery.dispatch_due(only_new) == {"delivered": 1, "failed": 0}
+    assert hook.requests[0].error == ""  # signed with the same whsec_ secret as before the rotation
