@@ -52,6 +52,7 @@ bench: install
 	$(PY) bench/oidc.py
 	$(PY) bench/load.py
 	$(PY) bench/api.py
+	$(PY) bench/webhooks.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

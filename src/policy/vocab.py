@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 
 class Permission(enum.StrEnum):
-    """The twelve organization permissions; a role grants them through the policy files."""
+    """The organization permissions; a role grants them through the policy files."""
 
     SETTINGS_READ = "sk_org_settings_read"
     SETTINGS_MANAGE = "sk_org_settings_manage"
@@ -21,6 +21,8 @@ class Permission(enum.StrEnum):
     SCIM_MANAGE = "sk_org_scim_manage"
     SESSION_POLICY_READ = "sk_org_session_policy_read"
     SESSION_POLICY_MANAGE = "sk_org_session_policy_manage"
+    #: issue 11: the Audit log widget.
+    AUDIT_READ = "sk_org_audit_read"
 
 
 class Feature(enum.StrEnum):
@@ -30,6 +32,8 @@ class Feature(enum.StrEnum):
     SCIM = "scim"
     DOMAIN_VERIFICATION = "domain_verification"
     SESSION_POLICY = "session_policy"
+    #: issue 11: the Audit log widget.
+    AUDIT_LOG = "audit_log"
 
 
 class DenyReason(enum.StrEnum):

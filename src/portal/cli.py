@@ -19,6 +19,7 @@ from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 from portal.oidc import cli as oidc_cli
 from portal.web.forms import FormErrors
+from portal.webhooks import cli as webhooks_cli
 
 T = TypeVar("T")
 
@@ -425,6 +426,7 @@ def secrets_rotate() -> None:
 main.add_command(oidc_cli.client)  # issue 10: portal client ...
 main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
 main.add_command(api_cli.api_key)  # issue 11: portal api-key ...
+main.add_command(webhooks_cli.webhook)  # issue 11: portal webhook ...
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ JOB_MODULES: tuple[str, ...] = (
     "portal.auth.maintenance",
     "portal.auth.jobs",
     "portal.oidc.logout",  # issue 10: back-channel logout
+    "portal.webhooks.delivery",  # issue 11: webhook deliveries
 )
 
 

@@ -3,4 +3,14 @@
 ``ORDER`` is the order of navigation and home cards; widgets not listed come after, by key.
 """
 
-ORDER = ("settings", "members", "domains", "sso", "scim", "session_policy", "profile", "security")
+ORDER = (
+    "settings",
+    "members",
+    "domains",
+    "sso",
+    "scim",
+    "session_policy",
+    "audit_log",
+    "profile",
+    "security",
+)

@@ -79,7 +79,7 @@ def test_problem_format() -> None:
         ("p2, sk_org_sso_read, ssso", "unknown feature 'ssso', did you mean sso?"),
         (
             "p2, sk_org_sso_read, teleport",
-            "unknown feature 'teleport' (valid: sso, scim, domain_verification, session_policy)",
+            "unknown feature 'teleport' (valid: sso, scim, domain_verification, session_policy, audit_log)",
         ),
         ("p2, sk_org_sso_reed, sso", "unknown permission 'sk_org_sso_reed', did you mean sk_org_sso_read?"),
         ("p, , sk_org_users_read", "p row has an empty role"),
@@ -178,6 +178,7 @@ def test_files_are_reported_in_name_order(tmp_path: Path) -> None:
                 "sk_org_scim_manage",
                 "sk_org_session_policy_read",
                 "sk_org_session_policy_manage",
+                "sk_org_audit_read",
             ]
         )
         + ")",

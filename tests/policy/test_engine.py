@@ -23,6 +23,7 @@ FEATURE_OF = {
     Permission.SCIM_MANAGE: Feature.SCIM,
     Permission.SESSION_POLICY_READ: Feature.SESSION_POLICY,
     Permission.SESSION_POLICY_MANAGE: Feature.SESSION_POLICY,
+    Permission.AUDIT_READ: Feature.AUDIT_LOG,  # issue 11
 }
 FEATURE_SUBSETS = [
     frozenset(subset) for size in range(len(Feature) + 1) for subset in itertools.combinations(Feature, size)

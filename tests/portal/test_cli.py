@@ -43,11 +43,11 @@ def test_demo_is_idempotent_and_explain_shows_each_permission(run) -> None:  # t
     code, out, _ = run("policy", "explain", "--user", "alice@acme.test", "--org", "acme")
     assert code == 0, out
     assert "roles:        admin" in out
-    assert "features:     domain_verification, scim, session_policy, sso" in out
+    assert "features:     audit_log, domain_verification, scim, session_policy, sso" in out
     # The permissions section (the widgets section after it repeats manage permissions per widget).
     permissions = out.split("\nwidgets\n", 1)[0]
     permission_lines = [line for line in permissions.splitlines() if line.strip().startswith("sk_org_")]
-    assert len(permission_lines) == 12
+    assert len(permission_lines) == 13  # issue 11 added sk_org_audit_read
     assert all(line.rstrip().endswith("allowed") for line in permission_lines)
 
     code, out, _ = run("policy", "explain", "--user", "BOB@acme.test", "--org", "acme")
@@ -79,7 +79,7 @@ def test_explain_for_a_non_member_and_a_disabled_feature(run) -> None:  # type: 
 
     _, out, _ = run("policy", "explain", "--user", "dave@globex.test", "--org", "globex")
     assert "roles:        not a member" in out
-    assert out.split("\nwidgets\n", 1)[0].count("denied: not_member") == 12
+    assert out.split("\nwidgets\n", 1)[0].count("denied: not_member") == 13
 
 
 @pytest.mark.parametrize(

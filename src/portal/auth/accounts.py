@@ -8,9 +8,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from policy import Feature
-from portal.core import clock
+from portal.core import clock, db
 from portal.core.errors import InvalidInput
 from portal.core.tables import AuditEvent, Membership, Organization, User
+from portal.webhooks import events
 
 _EMAIL = re.compile(
     # Local part: RFC 5322 dot-atom characters only (no spaces, quotes or control characters).
@@ -95,7 +96,8 @@ async def audit(
     details: dict[str, Any] | None = None,
     ip: str = "",
 ) -> None:
-    """Write one audit event (DESIGN §3: every change made through the portal)."""
+    """Write one audit event (DESIGN §3: every change made through the portal), and the webhook event it
+    stands for (issue 11), in the caller's transaction: call it inside the change's own transaction."""
     await AuditEvent(
         organization_id=organization_id,
         actor_id=actor_id or None,  # "" is the operator (the portal command)
@@ -105,6 +107,9 @@ async def audit(
         ip=ip,
         at=clock.utcnow(),
     ).save()
+    await events.from_audit(  # issue 11: webhooks
+        action, organization_id=organization_id, actor_id=actor_id, target=target, details=details or {}
+    )
 
 
 async def find_organization(ref: str) -> dict[str, Any] | None:
@@ -195,8 +200,10 @@ async def create_organization(
         external_id=external_id or None,
         features=parse_features(features),
     )
-    await org.save()
-    await audit("organization.created", organization_id=org.id, actor_id=actor_id, target=org.id)
+    # The row, its audit event and its webhook event commit together (or not at all).
+    async with db.write_transaction():
+        await org.save()
+        await audit("organization.created", organization_id=org.id, actor_id=actor_id, target=org.id)
     return cast(
         dict[str, Any],
         await Organization.select().where(Organization.id == org.id).first().output(load_json=True),
@@ -224,8 +231,9 @@ async def create_user(
         family_name=family_name.strip(),
         display_name=display,
     )
-    await user.save()
-    await audit("user.created", actor_id=actor_id, target=user.id, details={"email": email}, ip=ip)
+    async with db.write_transaction():
+        await user.save()
+        await audit("user.created", actor_id=actor_id, target=user.id, details={"email": email}, ip=ip)
     return cast(dict[str, Any], await User.select().where(User.id == user.id).first())
 
 
@@ -270,14 +278,15 @@ async def add_member(
         sort_key=keys["sort_key"],
         family_key=keys["family_key"],
     )
-    await membership.save()
-    await audit(
-        "member.added",
-        organization_id=organization_id,
-        actor_id=actor_id,
-        target=user_id,
-        details={"roles": sorted(set(roles)), "source": source},
-    )
+    async with db.write_transaction():
+        await membership.save()
+        await audit(
+            "member.added",
+            organization_id=organization_id,
+            actor_id=actor_id,
+            target=user_id,
+            details={"roles": sorted(set(roles)), "source": source, "email": keys["email"]},
+        )
     return cast(
         dict[str, Any],
         await Membership.select().where(Membership.id == membership.id).first().output(load_json=True),

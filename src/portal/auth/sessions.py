@@ -14,6 +14,7 @@ from portal.core import clock, db
 from portal.core.ids import hash_secret, new_secret
 from portal.core.settings import Settings
 from portal.core.tables import Organization, Session, SessionEnd, User
+from portal.webhooks import events
 
 #: last_seen_at is written at most this often per session.
 TOUCH_INTERVAL = timedelta(minutes=1)
@@ -158,12 +159,14 @@ async def resolve(settings: Settings, token: str | None) -> Resolved:
 
 async def revoke(session_id: str, reason: str) -> None:
     """Revoke one session; it stops working on its next request, and :func:`ended` tells the apps."""
-    revoked = (
-        await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason})
-        .where((Session.id == session_id) & Session.revoked_at.is_null())
-        .returning(Session.id, Session.user)
-    )
-    await ended([(row["id"], row["user"]) for row in revoked], reason)
+    # The revocation and its announcement commit together (issue 11: the webhook outbox).
+    async with db.write_transaction():
+        revoked = (
+            await Session.update({Session.revoked_at: clock.utcnow(), Session.revoke_reason: reason})
+            .where((Session.id == session_id) & Session.revoked_at.is_null())
+            .returning(Session.id, Session.user)
+        )
+        await ended([(row["id"], row["user"]) for row in revoked], reason)
 
 
 #: session_end rows per INSERT statement (5 values each).
@@ -176,8 +179,9 @@ async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id
     (session id, user id) pairs it ended, inside its own transaction. ``organization_id`` says only that
     organization's side ended (the member was removed from it; the portal session lives on).
 
-    It only records a ``session_end`` row per session (durable, cheap, never blocks the user); background jobs
-    read them: the OpenID Provider sends back-channel logout tokens (``portal.oidc.logout``), with retries.
+    It only records a ``session_end`` row and a ``user.logout`` webhook event per session (durable, cheap,
+    never blocks the user); background jobs read them: the OpenID Provider sends back-channel logout tokens
+    (``portal.oidc.logout``), the webhook jobs deliver the events (``portal.webhooks.delivery``), with retries.
     """
     if not sessions:
         return
@@ -196,6 +200,20 @@ async def ended(sessions: list[tuple[str, str]], reason: str, *, organization_id
                 for session_id, user_id in sessions[start : start + _ENDED_PER_INSERT]
             )
         )
+    # issue 11: webhooks. ``user.logout`` for every session end, in the same transaction.
+    await events.emit_many(
+        events.Event(
+            "user.logout",
+            organization_id,
+            {
+                "user_id": user_id,
+                "session_id": session_id,
+                "reason": reason,
+                "organization_id": organization_id,
+            },
+        )
+        for session_id, user_id in sessions
+    )
 
 
 async def set_active_organization(session_id: str, organization_id: str | None) -> None:

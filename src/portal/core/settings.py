@@ -115,6 +115,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     shutdown_timeout: Seconds = 30
     # --- end issue 15: serving
 
+    # --- issue 11: webhooks
+    #: Let webhook endpoint URLs point at private or loopback addresses, and use http:// (tests, labs).
+    webhook_allow_private_addresses: bool = False
+    #: How often the worker claims webhook deliveries that are due (retries, and any a process left behind).
+    webhook_dispatch_interval: Seconds = 5
+    #: How long one webhook request may take before it counts as failed.
+    webhook_timeout: Seconds = 10
+    # --- end issue 11: webhooks
+
     def __post_init__(self) -> None:
         # --- issue 16: newuser
         if not self.database_url:

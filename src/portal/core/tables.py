@@ -528,6 +528,97 @@ class ApiIdempotency(Table, tablename="api_idempotency"):
 
 
 # --- end issue 11: api
+# --- issue 11: webhooks -----------------------------------------------------------------------------------
+def webhook_endpoint_id() -> str:
+    return f"whe_{secrets.token_urlsafe(16)}"
+
+
+def webhook_event_id() -> str:
+    # The Standard Webhooks message id (``webhook-id``): the same on every attempt and on a replay.
+    return f"msg_{secrets.token_urlsafe(16)}"
+
+
+def webhook_delivery_id() -> str:
+    return f"whd_{secrets.token_urlsafe(16)}"
+
+
+class WebhookEndpoint(Table, tablename="webhook_endpoint"):
+    """A URL of the app that receives signed events (DESIGN §14)."""
+
+    #: ``whe_…``
+    id = Varchar(length=40, primary_key=True, default=webhook_endpoint_id)
+    #: Checked against the SSRF rule when saved and again on every delivery.
+    url = Varchar(length=2000)
+    description = Varchar(length=200, default="")
+    #: Event types it receives (JSON list of str); empty: every type.
+    event_types = JSON(default=[])
+    #: Only events of this organization (NULL: events of every organization and app-wide ones).
+    organization_id = Varchar(length=40, null=True, default=None)
+    #: ``whsec_<base64>`` sealed with ``portal.core.crypto`` (purpose ``webhook.secret``).
+    secret = Text()
+    enabled = Boolean(default=True)
+    #: Why it was disabled (``failing``: every delivery failed for 5 days), NULL while enabled.
+    disabled_reason = Varchar(length=40, null=True, default=None)
+    disabled_at = Timestamptz(null=True, default=None)
+    #: Start of the current run of failed attempts; cleared by a success.
+    failing_since = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class WebhookEvent(Table, tablename="webhook_event"):
+    """The outbox: one row per change, written in the change's own transaction."""
+
+    #: ``msg_…``: the ``webhook-id`` header.
+    id = Varchar(length=40, primary_key=True, default=webhook_event_id)
+    #: ``membership.created``, ``user.logout``… (``portal.webhooks.events.EVENT_TYPES``).
+    type = Varchar(length=60)
+    organization_id = Varchar(length=40, null=True, default=None, index=True)
+    #: The event's ``data`` object (JSON).
+    data = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class WebhookDelivery(Table, tablename="webhook_delivery"):
+    """An event owed to one endpoint; unique per (event, endpoint). Claimed by a lease while being sent."""
+
+    #: ``whd_…``
+    id = Varchar(length=40, primary_key=True, default=webhook_delivery_id)
+    event = ForeignKey(references=WebhookEvent, on_delete=OnDelete.cascade, null=False)
+    endpoint = ForeignKey(references=WebhookEndpoint, on_delete=OnDelete.cascade, null=False, index=True)
+    #: ``pending``, ``delivered`` or ``failed`` (given up, or the endpoint was disabled or deleted).
+    status = Varchar(length=20, default="pending")
+    attempts = Integer(default=0)
+    #: ``<event id> <endpoint id>``: the unique key that makes it one delivery per (event, endpoint).
+    key = Varchar(length=100, unique=True)
+    #: When it is due (first try, or the next retry); NULL once delivered or failed, so the index holds only
+    #: what is still owed.
+    next_attempt_at = Timestamptz(null=True, default=None, index=True)
+    #: Held by the process sending it until then; an expired lease is claimed again (a killed process).
+    lease_until = Timestamptz(null=True, default=None)
+    delivered_at = Timestamptz(null=True, default=None)
+    #: The last attempt's HTTP status (NULL: no answer), duration and error.
+    last_status_code = Integer(null=True, default=None)
+    last_duration_ms = Integer(null=True, default=None)
+    last_error = Text(default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class WebhookAttempt(Table, tablename="webhook_attempt"):
+    """The delivery log: one row per attempt to send a delivery."""
+
+    id = BigSerial(primary_key=True)
+    delivery = ForeignKey(references=WebhookDelivery, on_delete=OnDelete.cascade, null=False, index=True)
+    at = Timestamptz(default=TimestamptzNow())
+    #: ``delivered`` or ``failed``.
+    status = Varchar(length=20)
+    #: The HTTP status answered, NULL when there was no answer (refused URL, network error, timeout).
+    status_code = Integer(null=True, default=None)
+    duration_ms = Integer(default=0)
+    error = Text(default="")
+
+
+# --- end issue 11: webhooks
 
 
 TABLES: tuple[type[Table], ...] = (
@@ -554,6 +645,10 @@ TABLES: tuple[type[Table], ...] = (
     InvitationReplacedToken,  # issue 16: newuser
     ApiKey,  # issue 11: api
     ApiIdempotency,
+    WebhookEndpoint,  # issue 11: webhooks
+    WebhookEvent,
+    WebhookDelivery,
+    WebhookAttempt,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what
@@ -562,4 +657,5 @@ TABLES: tuple[type[Table], ...] = (
 SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
     (OidcKey, "private_jwk", "oidc-signing-key"),  # issue 10: oidc
     (SsoConnection, "oidc_client_secret", "sso.oidc_client_secret"),  # issue 12: sso
+    (WebhookEndpoint, "secret", "webhook.secret"),  # issue 11: webhooks
 ]

@@ -37,6 +37,7 @@ from portal.web.http import (
     security_headers,
 )
 from portal.web.registry import WidgetRegistry, discover
+from portal.webhooks.events import DispatchMiddleware
 
 PACKAGE_DIR = Path(__file__).parent
 #: ``src/widgets``: each widget package brings its own ``templates/``.
@@ -162,7 +163,7 @@ def create_app(
             *registry.handlers(),
         ],
         guards=[policy_guard],
-        middleware=[SessionMiddleware],
+        middleware=[SessionMiddleware, DispatchMiddleware],  # issue 11: webhooks sent after the request
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
             cookie_name="__Host-portal_csrf" if settings.secure else "portal_csrf",

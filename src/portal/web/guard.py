@@ -132,6 +132,7 @@ _FEATURE_TITLES = {
     "scim": "SCIM provisioning",
     "domain_verification": "Domain verification",
     "session_policy": "Session policy",
+    "audit_log": "Audit log",  # issue 11
 }
 
 

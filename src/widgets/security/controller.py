@@ -16,6 +16,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, URLEncodedBody
 from litestar.response import Redirect
 
 from portal.auth import passkeys
+from portal.core import db
 from portal.web.flash import flash
 from portal.web.forms import FormErrors
 from portal.web.guard import Auth, require_auth
@@ -125,9 +126,13 @@ async def _confirm_page(
 async def _after_confirmation(request: Request[Any, Any, Any], auth: Auth, action: str) -> str:
     """Carry out the action the user confirmed for; the message for the Security page."""
     if action == "revoke_others":
-        count = await service.revoke_other_sessions(
-            auth.user["id"], auth.session["id"], organization_id=auth.organization_id, ip=client_ip(request)
-        )
+        async with db.write_transaction():
+            count = await service.revoke_other_sessions(
+                auth.user["id"],
+                auth.session["id"],
+                organization_id=auth.organization_id,
+                ip=client_ip(request),
+            )
         return _revoked_message(count)
     return "Confirmed. Now add your passkey: your browser asks for it."
 
@@ -158,9 +163,10 @@ class SecurityController(Controller):
         """Sign one of the user's sessions out (404 for anyone else's)."""
         auth = require_auth(request)
         try:
-            await service.revoke_session(
-                auth.user["id"], session_id, organization_id=auth.organization_id, ip=client_ip(request)
-            )
+            async with db.write_transaction():
+                await service.revoke_session(
+                    auth.user["id"], session_id, organization_id=auth.organization_id, ip=client_ip(request)
+                )
         except service.NotFound:
             raise NotFoundException("No such session.") from None
         return _back(request, "Session revoked. It is signed out on its next request.")
@@ -171,9 +177,13 @@ class SecurityController(Controller):
         auth = require_auth(request)
         if not service.is_fresh(auth.session):
             return Redirect(_confirm_url("revoke_others"), status_code=303)
-        count = await service.revoke_other_sessions(
-            auth.user["id"], auth.session["id"], organization_id=auth.organization_id, ip=client_ip(request)
-        )
+        async with db.write_transaction():
+            count = await service.revoke_other_sessions(
+                auth.user["id"],
+                auth.session["id"],
+                organization_id=auth.organization_id,
+                ip=client_ip(request),
+            )
         return _back(request, _revoked_message(count))
 
     # --- passkeys ---------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""The outbox: event types, and the rows written in the same transaction as the change they describe.
+
+Every change the portal makes writes an audit row (``portal.auth.accounts.audit``) inside the change's
+transaction; :func:`from_audit` turns the audit actions that mean something to the app into events. Changes
+written without ``audit`` (bulk domain verification, session ends) call :func:`emit` or :func:`emit_many`.
+A rolled-back transaction takes its events and deliveries with it; a committed one cannot lose them.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from portal.core import clock
+from portal.core.tables import WebhookDelivery, WebhookEndpoint, WebhookEvent
+
+#: The event types an endpoint can subscribe to (DESIGN §14), in the order the CLI lists them.
+EVENT_TYPES: tuple[str, ...] = (
+    "organization.created",
+    "organization.updated",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "user.logout",
+    "membership.created",
+    "membership.updated",
+    "membership.deleted",
+    "invitation.created",
+    "invitation.accepted",
+    "invitation.revoked",
+    "domain.verified",
+    "domain.failed",
+    "session.revoked",
+    "sso.connection.activated",
+    "sso.connection.deactivated",
+)
+
+#: Audit action → event type. Actions not listed (sign-ins, passkeys, step-up…) are not announced.
+AUDIT_EVENT_TYPES: Mapping[str, str] = {
+    "organization.created": "organization.created",
+    "settings.updated": "organization.updated",
+    "session_policy.updated": "organization.updated",
+    "user.created": "user.created",
+    "profile.updated": "user.updated",
+    "profile.email_changed": "user.updated",
+    "user.deleted": "user.deleted",
+    "member.added": "membership.created",
+    "member.roles_changed": "membership.updated",
+    "member.removed": "membership.deleted",
+    "member.invited": "invitation.created",
+    "invitation.accepted": "invitation.accepted",
+    "invitation.revoked": "invitation.revoked",
+    "session.revoked": "session.revoked",
+    "sessions.revoked_others": "session.revoked",
+    # SSO connections change state through the SSO widget (being built): it audits these two actions.
+    "sso.connection.activated": "sso.connection.activated",
+    "sso.connection.deactivated": "sso.connection.deactivated",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event to write: its type, organization (None: app-wide) and ``data`` object."""
+
+    type: str
+    organization_id: str | None
+    data: dict[str, Any]
+
+
+#: Deliveries written during this request, sent by :class:`DispatchMiddleware` once the response is out.
+_written: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "webhook_deliveries", default=None
+)
+
+
+def matches(endpoint: Mapping[str, Any], event: Event) -> bool:
+    """Whether an (enabled) endpoint subscribes to ``event``: its types (none: all) and organization."""
+    types = endpoint["event_types"] or ()
+    if types and event.type not in types:
+        return False
+    return endpoint["organization_id"] is None or endpoint["organization_id"] == event.organization_id
+
+
+async def emit_many(events: Iterable[Event]) -> list[str]:
+    """Write ``events`` and one pending delivery per subscribed endpoint, in the caller's transaction (the
+    caller opens it). Returns the delivery ids."""
+    batch = list(events)
+    if not batch:
+        return []
+    for event in batch:
+        if event.type not in EVENT_TYPES:
+            raise ValueError(f"unknown webhook event type {event.type!r}")
+    now = clock.utcnow()
+    rows = [
+        WebhookEvent(type=e.type, organization_id=e.organization_id, data=e.data, created_at=now)
+        for e in batch
+    ]
+    await WebhookEvent.insert(*rows)
+    endpoints = (
+        await WebhookEndpoint.select(
+            WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.organization_id
+        )
+        .where(WebhookEndpoint.enabled.eq(True))
+        .output(load_json=True)
+    )
+    deliveries = [
+        WebhookDelivery(
+            event=row.id,
+            endpoint=endpoint["id"],
+            key=f"{row.id} {endpoint['id']}",
+            status="pending",
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for row, event in zip(rows, batch, strict=True)
+        for endpoint in endpoints
+        if matches(endpoint, event)
+    ]
+    if deliveries:
+        await WebhookDelivery.insert(*deliveries)
+    ids = [str(d.id) for d in deliveries]
+    written = _written.get()
+    if written is not None:
+        written.extend(ids)
+    return ids
+
+
+async def emit(event_type: str, *, organization_id: str | None, data: dict[str, Any]) -> list[str]:
+    """Write one event (see :func:`emit_many`)."""
+    return await emit_many([Event(event_type, organization_id, data)])
+
+
+async def from_audit(
+    action: str,
+    *,
+    organization_id: str | None,
+    actor_id: str | None,
+    target: str,
+    details: Mapping[str, Any],
+) -> None:
+    """The event an audit action stands for, if any (called by ``accounts.audit`` in its transaction)."""
+    event_type = AUDIT_EVENT_TYPES.get(action)
+    if event_type is None:
+        return
+    data = {"organization_id": organization_id, "actor_id": actor_id, "target": target, **details}
+    await emit(event_type, organization_id=organization_id, data=data)
+
+
+class DispatchMiddleware:
+    """Queue a send job for each delivery a request wrote, after the handler returned (so after its commit).
+    A delivery whose transaction rolled back is gone and its job does nothing; a job lost with the process
+    is picked up by the dispatch cron when its row comes due."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        written: list[str] = []
+        token = _written.set(written)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _written.reset(token)
+            if written:
+                from portal.webhooks.delivery import enqueue
+
+                await enqueue(scope["litestar_app"].state.jobs, written)
