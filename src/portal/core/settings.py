@@ -100,6 +100,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     oidc_logout_interval: Seconds = 5
     # --- end issue 10: oidc
 
+    # --- issue 13: scim
+    #: How long a SCIM directory's previous token keeps working after a rotation.
+    scim_token_overlap: Seconds = 24 * 3600
+    #: Requests per minute one SCIM directory may make (each IdP pushes in bursts; 429 with Retry-After).
+    scim_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 1200
+    #: Largest ``count`` one page of a SCIM list returns (``ServiceProviderConfig`` says so too).
+    scim_max_page_size: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 200
+    # --- end issue 13: scim
+
     def __post_init__(self) -> None:
         scheme = urlsplit(self.database_url).scheme
         if scheme not in {"sqlite", "postgres", "postgresql"}:
