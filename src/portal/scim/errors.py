@@ -10,11 +10,14 @@ from portal.scim.schema import ERROR
 class ScimError(Exception):
     """Answered as ``{"schemas": [Error], "status": "400", "scimType": ..., "detail": ...}``."""
 
-    def __init__(self, status: int, detail: str, scim_type: str | None = None) -> None:
+    def __init__(
+        self, status: int, detail: str, scim_type: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.scim_type = scim_type
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"schemas": [ERROR], "status": str(self.status), "detail": self.detail}

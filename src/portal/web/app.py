@@ -22,7 +22,7 @@ from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine, PolicyError
-from portal import oidc
+from portal import oidc, scim
 from portal.auth import login, passkey_login
 from portal.core import db
 from portal.core.settings import Settings, ensure_secret_key
@@ -151,6 +151,7 @@ def create_app(
             *passkey_login.HANDLERS,  # passkey sign-in on /login (security widget issue)
             *oidc.HANDLERS,  # issue 10: OpenID Provider
             *sso_routes.HANDLERS,  # issue 12: sso
+            *scim.HANDLERS,  # issue 13: scim
             *registry.handlers(),
         ],
         guards=[policy_guard],
