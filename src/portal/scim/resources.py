@@ -97,6 +97,8 @@ def validate(rt: ResourceType, body: Any) -> dict[str, Any]:
                 raise errors.invalid_value(f"{key} must be an object.")
             ext_out = {}
             for ext_key, ext_value in value.items():
+                if ext_key.lower() == "schemas":
+                    continue
                 attr = extension.attr(ext_key)
                 if attr is None:
                     raise errors.invalid_value(f"Unknown attribute {extension.id}:{ext_key}.")
@@ -365,9 +367,24 @@ def apply(rt: ResourceType, resource: dict[str, Any], op: str, path_text: str | 
             ext = rt.schema_for(key)
             if ext is not None and ext is not rt.schema and isinstance(item, dict):
                 for ext_key, ext_value in item.items():
-                    apply(rt, resource, op, f"{ext.id}:{ext_key}", ext_value)
+                    if ext_key.lower() != "schemas":
+                        apply(rt, resource, op, f"{ext.id}:{ext_key}", ext_value)
                 continue
             apply(rt, resource, op, key, item)
+        return
+    extension = rt.schema_for(path_text.strip())
+    if extension is not None and extension is not rt.schema:
+        # The whole extension as the path: its attributes are the value (or, for remove, all go).
+        if op == "remove":
+            resource.pop(extension.id, None)
+            return
+        if not isinstance(value, dict):
+            raise errors.invalid_value(f"{extension.id} takes an object value.")
+        if op == "replace":
+            resource.pop(extension.id, None)
+        for ext_key, ext_value in value.items():
+            if ext_key.lower() != "schemas":
+                apply(rt, resource, op, f"{extension.id}:{ext_key}", ext_value)
         return
     path = parse_path(rt, path_text)
     container = _container(resource, path, create=op != "remove")

@@ -36,8 +36,8 @@ log = logging.getLogger("portal.scim")
 PUBLIC = {"public": True, "exclude_from_csrf": True}
 #: Largest request body accepted (a Group PUT with thousands of members fits).
 MAX_BODY = 2 * 1024 * 1024
-#: Requests per directory per rate window (``PORTAL_SCIM_RATE_LIMIT`` per minute, counted per 10 s).
-RATE_WINDOW = 10
+#: ``PORTAL_SCIM_RATE_LIMIT`` requests are allowed per this many seconds, per directory.
+RATE_WINDOW = 1
 METHODS = [HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]
 
 
@@ -82,8 +82,7 @@ async def _handle(request: Request[Any, Any, Any], directory_id: str, rest: str)
         except errors.ScimError:
             known = await service.get_directory(directory_id) is not None
             raise
-        limit = max(1, settings.scim_rate_limit * RATE_WINDOW // 60)
-        allowed = await ratelimit.hit(f"scim:{directory_id}", limit, RATE_WINDOW)
+        allowed = await ratelimit.hit(f"scim:{directory_id}", settings.scim_rate_limit * RATE_WINDOW, RATE_WINDOW)
         if not allowed.allowed:
             raise errors.ScimError(
                 429,
@@ -202,6 +201,10 @@ async def _dispatch(
     if not parts:
         raise errors.not_found("Nothing here: use /Users, /Groups, /Schemas, /ResourceTypes, /ServiceProviderConfig.")
     head = parts[0]
+    if head == ".search" and len(parts) == 1:
+        if method != "POST":
+            raise errors.ScimError(405, "Use POST for .search.")
+        return await _root_search(request, settings, directory, base)
     if head in {"ServiceProviderConfig", "ResourceTypes", "Schemas"}:
         if method != "GET":
             raise errors.ScimError(405, f"{head} is read-only.")
@@ -262,6 +265,57 @@ async def _dispatch(
                 await service.delete_group(directory, item)
         return Response(b"", status_code=204)
     raise errors.ScimError(405, f"{method} is not allowed here.")
+
+
+async def _root_search(
+    request: Request[Any, Any, Any], settings: Settings, directory: service.Directory, base: str
+) -> Response[Any]:
+    """POST /.search (RFC 7644 §3.4.3): Users, then Groups, as one list."""
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise errors.invalid_syntax("The body must be a JSON object.")
+    query = _list_query(settings, body)
+    attributes, excluded = _projection(body)
+    found: list[tuple[ResourceType, int, service.Query]] = []
+    problems: list[errors.ScimError] = []
+    for rt in (USERS, GROUPS):
+        probe = service.Query(filter=query.filter, sort_by=None, count=0)
+        try:
+            total, _ = await service.search(directory, rt, probe, base)
+        except errors.ScimError as exc:
+            # A filter naming an attribute of one resource type only matches none of the other.
+            problems.append(exc)
+            continue
+        found.append((rt, total, query))
+    if len(problems) == 2:
+        raise problems[0]
+    total = sum(n for _, n, _ in found)
+    items: list[dict[str, Any]] = []
+    skip, want = query.start_index - 1, query.count
+    for rt, n, q in found:
+        if skip >= n:
+            skip -= n
+            continue
+        if want <= 0:
+            break
+        page = service.Query(q.filter, q.sort_by if rt is USERS else None, q.descending, skip + 1, want)
+        try:
+            _, rows = await service.search(directory, rt, page, base)
+        except errors.ScimError:
+            page = service.Query(q.filter, None, q.descending, skip + 1, want)
+            _, rows = await service.search(directory, rt, page, base)
+        items.extend(resources.project(rt, row, attributes, excluded) for row in rows)
+        want -= len(rows)
+        skip = 0
+    return scim_response(
+        {
+            "schemas": [LIST_RESPONSE],
+            "totalResults": total,
+            "startIndex": query.start_index,
+            "itemsPerPage": len(items),
+            "Resources": items,
+        }
+    )
 
 
 class _writing:

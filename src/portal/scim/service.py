@@ -301,7 +301,7 @@ async def _members_of(group_ids: Sequence[str], base_url: str) -> dict[str, list
     if not group_ids:
         return {}
     rows = await ScimGroupMember.raw(
-        'SELECT gm."group", u.id, u.user_name, u.resource FROM scim_group_member gm'
+        'SELECT gm."group", gm.display, u.id FROM scim_group_member gm'
         ' JOIN scim_user u ON u.id = gm.member WHERE gm."group" IN ('
         + ", ".join("{}" for _ in group_ids)
         + ") ORDER BY gm.id",
@@ -309,15 +309,10 @@ async def _members_of(group_ids: Sequence[str], base_url: str) -> dict[str, list
     )
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        body = db.json_value(r["resource"]) or {}
-        out.setdefault(r["group"], []).append(
-            {
-                "value": r["id"],
-                "$ref": f"{base_url}/Users/{r['id']}",
-                "display": body.get("displayName") or r["user_name"],
-                "type": "User",
-            }
-        )
+        member = {"value": r["id"], "$ref": f"{base_url}/Users/{r['id']}", "type": "User"}
+        if r["display"]:
+            member["display"] = r["display"]
+        out.setdefault(r["group"], []).append(member)
     return out
 
 
@@ -720,14 +715,16 @@ async def _audit(directory: Directory, action: str, target: str, details: dict[s
 # --- groups -------------------------------------------------------------------------------------------------
 
 
-def _member_ids(value: Any, where: str) -> list[str]:
+def _member_ids(value: Any, where: str) -> dict[str, str]:
+    """Member id → the ``display`` sent with it (kept and returned as sent), in order."""
     items = value if isinstance(value, list) else [value]
-    out: list[str] = []
+    out: dict[str, str] = {}
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("value"), str) or not item["value"]:
             raise errors.invalid_value(f'{where}: each member needs a "value" (a User id).')
-        out.append(item["value"])
-    return list(dict.fromkeys(out))
+        display = item.get("display")
+        out.setdefault(item["value"], display[:320] if isinstance(display, str) else "")
+    return out
 
 
 async def _check_members(directory: Directory, member_ids: list[str]) -> None:
@@ -743,17 +740,18 @@ async def _check_members(directory: Directory, member_ids: list[str]) -> None:
         raise errors.invalid_value(f"members: no User {missing[0]} in this directory.")
 
 
-async def _add_members(group_id: str, member_ids: list[str]) -> None:
-    if not member_ids:
+async def _add_members(group_id: str, members: dict[str, str]) -> None:
+    if not members:
         return
     now = clock.utcnow()
-    values = ", ".join("({}, {}, {})" for _ in member_ids)
+    values = ", ".join("({}, {}, {}, {})" for _ in members)
     params: list[Any] = []
-    for member in member_ids:
-        params.extend([group_id, member, now])
+    for member, display in members.items():
+        params.extend([group_id, member, display, now])
     # One row per (group, member) under a unique key: concurrent adds never overwrite each other.
     await ScimGroupMember.raw(
-        f'INSERT INTO scim_group_member ("group", member, created_at) VALUES {values} ON CONFLICT DO NOTHING',
+        'INSERT INTO scim_group_member ("group", member, display, created_at)'
+        f" VALUES {values} ON CONFLICT DO NOTHING",
         *params,
     )
 
@@ -806,7 +804,7 @@ async def create_group(directory: Directory, body: Any, base_url: str) -> dict[s
     members = _member_ids(resource.pop("members", []), "members")
     columns = _group_columns(resource)
     await _unique_group_name(directory, columns["display_name_key"], None)
-    await _check_members(directory, members)
+    await _check_members(directory, list(members))
     now = clock.utcnow()
     row = ScimGroup(
         directory=directory.id, organization_id=directory.organization_id, resource=resource,
@@ -814,7 +812,7 @@ async def create_group(directory: Directory, body: Any, base_url: str) -> dict[s
     )
     await row.save()
     await _add_members(row.id, members)
-    await apply_roles(directory, members)
+    await apply_roles(directory, list(members))
     await _audit(directory, "scim.group.created", row.id, {"displayName": columns["display_name"], "members": len(members)})
     return await get_group(directory, row.id, base_url)
 
@@ -839,7 +837,7 @@ async def replace_group(directory: Directory, group_id: str, body: Any, base_url
     check_version(row, if_match)
     resource = resources.validate(GROUPS, body)
     members = _member_ids(resource.pop("members", []), "members")
-    await _check_members(directory, members)
+    await _check_members(directory, list(members))
     removed = await _remove_members(group_id, None)
     await _add_members(group_id, members)
     changed = sorted(set(removed) ^ set(members))
@@ -888,14 +886,14 @@ async def _patch_members(directory: Directory, group_id: str, op: str, path: str
             hits = [m for m in current if resources.matches(parsed.attr, {"value": m, "type": "User"}, parsed.filter)]
             removed = await _remove_members(group_id, hits)
         elif value is not None:
-            removed = await _remove_members(group_id, _member_ids(value, "members"))
+            removed = await _remove_members(group_id, list(_member_ids(value, "members")))
         else:
             removed = await _remove_members(group_id, None)
         return set(removed), 0, len(removed)
     if parsed.filter is not None:
         raise errors.invalid_path("add or replace members with a list of members, not a value filter.")
-    members = _member_ids(value, "members") if value not in (None, []) else []
-    await _check_members(directory, members)
+    members = _member_ids(value, "members") if value not in (None, []) else {}
+    await _check_members(directory, list(members))
     removed_list: list[str] = []
     if op == "replace":
         keep = set(members)

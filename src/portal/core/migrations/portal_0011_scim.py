@@ -86,6 +86,7 @@ class ScimGroupMember(Table, tablename="scim_group_member"):
     id = BigSerial(primary_key=True)
     group = ForeignKey(references=ScimGroup, on_delete=OnDelete.cascade, null=False)
     member = ForeignKey(references=ScimUser, on_delete=OnDelete.cascade, null=False, index=True)
+    display = Varchar(length=320, default="")
     created_at = Timestamptz(default=TimestamptzNow())
 
 
