@@ -16,9 +16,10 @@ from typing import Any
 from scim2_filter_parser import ast
 
 from portal.scim import errors, filters
-from portal.scim.schema import COMMON, Attr, ResourceType
+from portal.scim.schema import COMMON, SCHEMAS, Attr, ResourceType
 
 _TRUE = {"true": True, "false": False}
+_ALL_SCHEMAS = {s.id.lower() for s in SCHEMAS}
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -33,6 +34,9 @@ def _value(attr: Attr, value: Any, where: str) -> Any:
             raise errors.invalid_value(f"{where} must be true or false.")
         return value
     if attr.type == "complex":
+        if isinstance(value, str) and attr.child("value") is not None and not attr.multi:
+            # Entra sets the enterprise manager with its id alone: "manager": "<id>".
+            value = {"value": value}
         if not isinstance(value, dict):
             raise errors.invalid_value(f"{where} must be an object.")
         out: dict[str, Any] = {}
@@ -81,9 +85,11 @@ def validate(rt: ResourceType, body: Any) -> dict[str, Any]:
     if not isinstance(schemas, list) or not all(isinstance(s, str) for s in schemas):
         raise errors.invalid_value(f'schemas must be a list that includes "{rt.schema.id}".')
     known = {s.id.lower(): s for s in (rt.schema, *rt.extensions)}
-    unknown = [s for s in schemas if s.lower() not in known]
-    if unknown:
-        raise errors.invalid_value(f"Unknown schema {unknown[0]!r} for a {rt.name}.")
+    # Ours for another resource type is a mistake; a vendor's own URN without attributes (Entra lists
+    # Microsoft's ADSCIM schema on Groups) carries nothing and is ignored.
+    wrong = [s for s in schemas if s.lower() not in known and s.lower() in _ALL_SCHEMAS]
+    if wrong:
+        raise errors.invalid_value(f"Schema {wrong[0]!r} is not one of a {rt.name}.")
     if rt.schema.id.lower() not in {s.lower() for s in schemas}:
         raise errors.invalid_value(f'schemas must include "{rt.schema.id}".')
     out: dict[str, Any] = {}
