@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 from litestar import Request, Response, route
 from litestar.enums import HttpMethod
@@ -73,7 +74,8 @@ async def _handle(request: Request[Any, Any, Any], directory_id: str, rest: str)
     settings: Settings = request.app.state.settings
     started = time.perf_counter()
     method = request.method.upper()
-    shown = rest + (f"?{request.url.query}" if request.url.query else "")
+    # Logged decoded (``filter=userName eq "x"``), as an admin reads it; the page escapes it.
+    shown = rest + (f"?{unquote_plus(request.url.query)}" if request.url.query else "")
     directory: service.Directory | None = None
     known = True
     try:

@@ -11,12 +11,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import Cookie
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect
 
 from policy import Feature, Permission, PolicyEngine
-from portal.core import db
+from portal.core import crypto, db
 from portal.core.errors import InvalidInput
 from portal.scim import service as scim
 from portal.web.flash import flash
@@ -58,6 +59,38 @@ def _no_store(response: Response[Any]) -> Response[Any]:
     # A page with a token on it must not be kept by the browser or a proxy.
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+#: A new token crosses the redirect after create/rotate sealed (AES-GCM) in a cookie for the directory's page
+#: only, which that page reads once and deletes: a reload neither shows it again nor creates another.
+TOKEN_COOKIE = "scim_once"
+TOKEN_PURPOSE = "scim.new_token"
+
+
+def _with_token(request: Request[Any, Any, Any], directory_id: str, token: str) -> Response[Any]:
+    settings = settings_of(request)
+    response = Redirect(f"{URL}/{directory_id}", status_code=303)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        crypto.seal(settings, TOKEN_PURPOSE, f"{directory_id} {token}".encode()),
+        path=f"{URL}/{directory_id}",
+        max_age=300,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure,
+    )
+    return _no_store(response)
+
+
+def _take_token(request: Request[Any, Any, Any], directory_id: str) -> str | None:
+    raw = request.cookies.get(TOKEN_COOKIE)
+    if not raw:
+        return None
+    try:
+        directory, _, token = crypto.unseal(settings_of(request), TOKEN_PURPOSE, raw).decode().partition(" ")
+    except Exception:  # noqa: BLE001 - a stale or forged cookie shows nothing
+        return None
+    return token if directory == directory_id and token else None
 
 
 async def _list_page(
@@ -110,7 +143,10 @@ async def _directory_page(
         providers=PROVIDER_TITLES,
         overlap=settings_of(request).scim_token_overlap,
     )
-    return _no_store(page) if new_token else page
+    if request.cookies.get(TOKEN_COOKIE):
+        page.cookies.append(Cookie(key=TOKEN_COOKIE, value="", path=f"{URL}/{directory_id}", max_age=0, expires=0))
+        _no_store(page)
+    return page
 
 
 def _back(request: Request[Any, Any, Any], path: str, message: str, kind: str = "ok") -> Response[Any]:
@@ -132,7 +168,7 @@ class ScimController(Controller):
         """The organization's directories; the create form for those who may manage them."""
         return await _list_page(request, require_auth(request))
 
-    @post("", opt=MANAGE, status_code=200)
+    @post("", opt=MANAGE, status_code=303)
     async def create(self, request: Request[Any, Any, Any], data: URLEncodedBody[CreateDirectoryForm]) -> Response[Any]:
         """Create a directory and show its first token once (this response is the only place it appears)."""
         auth = require_auth(request)
@@ -152,16 +188,17 @@ class ScimController(Controller):
                     request, 400, exc.message, fields=[{"key": exc.field, "message": exc.message}]
                 )
             return await _list_page(request, auth, form=data, errors=errors, status_code=400)
-        return await _directory_page(request, auth, directory.id, new_token=token, status_code=201)
+        return _with_token(request, directory.id, token)
 
     @get("/{directory_id:str}", opt=READ)
     async def show(
         self, request: Request[Any, Any, Any], directory_id: FromPath[str], guide: FromQuery[str | None] = None
     ) -> Response[Any]:
         """One directory: base URL, tokens, counts, groups and their roles, last requests, self-test, guide."""
-        return await _directory_page(request, require_auth(request), directory_id, guide=guide)
+        token = _take_token(request, directory_id)
+        return await _directory_page(request, require_auth(request), directory_id, new_token=token, guide=guide)
 
-    @post("/{directory_id:str}/rotate", opt=MANAGE, status_code=200)
+    @post("/{directory_id:str}/rotate", opt=MANAGE, status_code=303)
     async def rotate(self, request: Request[Any, Any, Any], directory_id: FromPath[str]) -> Response[Any]:
         """A new token, shown once; the previous one keeps working for the overlap window."""
         auth = require_auth(request)
@@ -171,7 +208,7 @@ class ScimController(Controller):
             token = await scim.issue_token(
                 directory, overlap=timedelta(seconds=settings.scim_token_overlap), actor_id=auth.user["id"]
             )
-        return await _directory_page(request, auth, directory.id, new_token=token)
+        return _with_token(request, directory.id, token)
 
     @post("/{directory_id:str}/revoke", opt=MANAGE, status_code=303)
     async def revoke(self, request: Request[Any, Any, Any], directory_id: FromPath[str]) -> Response[Any]:

@@ -64,9 +64,7 @@ async def directory_view(settings: Settings, organization_id: str, directory_id:
         token["live"] = expires is None or scim._aware(expires) > now
     all_guides = load_guides(settings)
     guide = guides.find(all_guides, guide_key or directory.provider) or guides.find(all_guides, "generic")
-    live = next((t for t in tokens if t["live"] and t["expires_at"] is None), None)
-    hint = f"it starts with {live['hint']}…" if live else "rotate to get one"
-    html = guides.render(guide, {"base_url": base_url, "token_hint": hint}) if guide else None
+    html = guides.render(guide, {"base_url": base_url}) if guide else None
     group_rows = await scim.list_groups(directory.id)
     for row in group_rows:
         row["roles"] = directory.group_roles.get(row["id"], [])

@@ -197,9 +197,11 @@ async def _user(directory: scim.Directory, email: str) -> str:
 
 async def test_admin_creates_a_directory_and_sees_the_token_once(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
     await sign_in(client, world["alice"], world["acme"])
-    response = await post(client, URL, {"name": "Okta production", "provider": "okta"})
-    assert response.status_code == 201
-    assert response.headers["cache-control"] == "no-store"
+    created = await post(client, URL, {"name": "Okta production", "provider": "okta"})
+    assert created.status_code == 303 and created.headers["cache-control"] == "no-store"
+    assert "portal_scim_" not in created.headers["set-cookie"]  # sealed for the page that shows it
+    response = await client.get(created.headers["location"], headers=HTML)
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
     token = re.search(r'<code id="new-token">(portal_scim_[A-Za-z0-9_-]+)</code>', response.text)
     assert token, "the new token is shown"
     body = text(response.text)
@@ -233,8 +235,9 @@ async def test_bad_directory_input_is_shown_next_to_the_field(client: httpx.Asyn
 async def test_rotate_keeps_the_old_token_for_the_overlap_then_revoke(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
     await sign_in(client, world["alice"], world["acme"])
     d = world["directory"]
-    page = await post(client, f"{URL}/{d.id}/rotate")
-    assert page.status_code == 200
+    rotated = await post(client, f"{URL}/{d.id}/rotate")
+    assert rotated.status_code == 303
+    page = await client.get(rotated.headers["location"], headers=HTML)
     new = re.search(r'<code id="new-token">([^<]+)</code>', page.text).group(1)  # type: ignore[union-attr]
     assert "previous token keeps working for 24 hours" in text(page.text)
     for token in (world["token"], new):
@@ -287,7 +290,7 @@ async def test_reader_sees_counts_and_requests_without_forms(client: httpx.Async
     assert page.status_code == 200
     body = text(page.text)
     assert re.search(r'data-count="users">1<', page.text) and re.search(r'data-count="groups">0<', page.text)
-    assert "GET /Users?filter=" in body and "400" in body and "invalidSyntax" in body
+    assert 'GET /Users?filter=userName eq "erin@acme.test"' in body and "400" in body and "invalidSyntax" in body
     assert "{not json" not in page.text
     assert "Rotate token" not in page.text and "Run self-test" not in page.text and "<form" not in page.text.split("</header>", 1)[-1].split("<footer", 1)[0].replace('form method="post" action="/logout"', "")
 
