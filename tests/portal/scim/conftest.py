@@ -8,10 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
 from policy import Feature
+from portal.core.settings import Settings
 from portal.scim import service
 from tests.conftest import serve
 from tests.factories import make_org
@@ -53,6 +55,12 @@ async def make_directory(org: dict[str, Any], name: str = "Okta") -> tuple[servi
     directory = await service.create_directory(org["id"], name, "okta", actor_id=None)
     token = await service.issue_token(directory, overlap=timedelta(hours=24), actor_id=None)
     return directory, token
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The usual test settings; the rate limit above what these tests send (test_bad_input tests the limit)."""
+    return msgspec.structs.replace(settings, scim_rate_limit=100_000)
 
 
 @pytest.fixture
