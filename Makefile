@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/domains.py
 	$(PY) bench/sessions.py
 	$(PY) bench/oidc.py
+	$(PY) bench/scim.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

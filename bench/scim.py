@@ -65,7 +65,8 @@ def start_reference() -> tuple[subprocess.Popen[bytes], int]:
                 return process, port
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError("scim2-server did not start: " + (process.stderr.read().decode() if process.stderr else ""))
+                output = process.stderr.read().decode() if process.stderr else ""
+                raise RuntimeError("scim2-server did not start: " + output) from None
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("scim2-server did not start within 30 s")
@@ -124,7 +125,11 @@ async def prepare(url: str, users: int) -> dict[str, Any]:
 
 
 def _raw(method: str, path: str, port: int, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     if body or method in {"POST", "PUT", "PATCH"}:
         lines += ["Content-Type: application/scim+json", f"Content-Length: {len(body)}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -166,7 +171,9 @@ async def drive(
     }
 
 
-async def workloads(port: int, base: str, headers: dict[str, str], tag: str, seconds: float, connections: int) -> dict[str, Any]:
+async def workloads(
+    port: int, base: str, headers: dict[str, str], tag: str, seconds: float, connections: int
+) -> dict[str, Any]:
     """create, then PATCH the created users, then list: the same requests for either server."""
     created: list[bytes] = []
 
@@ -210,7 +217,7 @@ async def filter_latency(port: int, directory: str, token: str, users: int, runs
     try:
         for _ in range(runs):
             n = random.randrange(users)
-            query = f'filter=userName%20eq%20%22USER{n:06d}%40example.com%22'
+            query = f"filter=userName%20eq%20%22USER{n:06d}%40example.com%22"
             raw = _raw("GET", f"/scim/v2/{directory}/Users?{query}", port, headers)
             start = time.perf_counter()
             status, body = await harness._request(reader, writer, raw)
@@ -234,7 +241,9 @@ async def filter_latency(port: int, directory: str, token: str, users: int, runs
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = os.environ.get("PORTAL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal_bench_scim")
+    url = os.environ.get(
+        "PORTAL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal_bench_scim"
+    )
     await harness.recreate(url)
     portal = reference = None
     try:
@@ -263,7 +272,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             args.connections,
         )
         theirs = await workloads(reference_port, "/v2", {}, "reference", args.seconds, args.connections)
-        ratios = {k: round(ours[k]["rps"] / theirs[k]["rps"], 2) if theirs[k]["rps"] else None for k in ("create", "patch", "list")}
+        ratios = {
+            k: round(ours[k]["rps"] / theirs[k]["rps"], 2) if theirs[k]["rps"] else None
+            for k in ("create", "patch", "list")
+        }
         return {
             "bench": "scim",
             "engine": "postgresql",
@@ -300,7 +312,9 @@ def main() -> None:
     for key in ("portal", "scim2_server"):
         for name in ("create", "patch", "list"):
             figures = result[key][name]
-            print(f"{key:12} {name:6} {figures['rps']:8} req/s  p99 {figures['latency_ms'].get('p99')} ms  {figures['statuses']}")
+            print(
+                f"{key:12} {name:6} {figures['rps']:8} req/s  p99 {figures['latency_ms'].get('p99')} ms  {figures['statuses']}"
+            )
     print(f"filter userName eq over {result['users_in_directory']} users: {result['filter_userName_eq_ms']}")
     print(json.dumps(result))
 

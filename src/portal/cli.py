@@ -19,6 +19,7 @@ from portal.core import db
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 from portal.oidc import cli as oidc_cli
+from portal.scim import cli as scim_cli
 
 T = TypeVar("T")
 
@@ -269,6 +270,7 @@ def secrets_rotate() -> None:
 
 main.add_command(oidc_cli.client)  # issue 10: portal client ...
 main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
+main.add_command(scim_cli.scim_group)  # issue 13: portal scim create|rotate|revoke
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ async def test_create_a_directory_provision_and_map_a_group(browser: Browser, db
     acme = await accounts.create_organization("acme", "Acme", features=["scim"])
     alice = await accounts.create_user("alice@acme.test", given_name="Alice", family_name="Admin")
     await accounts.add_member(acme["id"], alice["id"], ["admin"], known_roles=["admin"])
-    session_token, _ = await sessions.create_session(alice["id"], auth_method="test", organization_id=acme["id"])
+    session_token, _ = await sessions.create_session(
+        alice["id"], auth_method="test", organization_id=acme["id"]
+    )
     server: LiveServer = request.getfixturevalue("live_server")
 
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
@@ -26,7 +28,10 @@ async def test_create_a_directory_provision_and_map_a_group(browser: Browser, db
     await context.add_cookies([{"name": "portal_session", "value": session_token, "url": server.url}])
     page = await context.new_page()
     csp_violations: list[str] = []
-    page.on("console", lambda msg: csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.on(
+        "console",
+        lambda msg: csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     await page.goto(f"{server.url}/ui/organization/scim")
@@ -63,7 +68,11 @@ async def test_create_a_directory_provision_and_map_a_group(browser: Browser, db
             ids.append(created.json()["id"])
         group = await idp.post(
             base_url + "/Groups",
-            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Engineering", "members": [{"value": i} for i in ids]},
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Engineering",
+                "members": [{"value": i} for i in ids],
+            },
         )
         assert group.status_code == 201
         await idp.get(base_url + "/Users", params={"filter": "userName eq"})  # a bad filter, listed as 400
@@ -77,9 +86,12 @@ async def test_create_a_directory_provision_and_map_a_group(browser: Browser, db
     await row.get_by_role("button", name="Save roles for Engineering").click()
     await expect(page.locator(".flash")).to_contain_text("Members of the group now get admin")
     dana = await User.select(User.id).where(User.email == "dana@acme.test").first()
-    member = await Membership.select(Membership.roles).where(
-        (Membership.user == dana["id"]) & (Membership.organization == acme["id"])
-    ).first().output(load_json=True)
+    member = (
+        await Membership.select(Membership.roles)
+        .where((Membership.user == dana["id"]) & (Membership.organization == acme["id"]))
+        .first()
+        .output(load_json=True)
+    )
     assert member["roles"] == ["admin", "member"]
 
     await page.get_by_role("button", name="Run self-test").click()

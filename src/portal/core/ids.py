@@ -6,7 +6,9 @@ import hashlib
 import hmac
 import secrets
 
-PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr", "scd", "sct", "scu", "scg"})
+PREFIXES = frozenset(
+    {"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr", "scd", "sct", "scu", "scg"}
+)
 
 
 def new_id(prefix: str) -> str:

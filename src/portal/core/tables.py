@@ -452,6 +452,7 @@ class SsoAssertion(Table, tablename="sso_assertion"):
 
 # --- end issue 12: sso
 
+
 # --- issue 13: scim ---------------------------------------------------------------------------------------
 class ScimDirectory(Table, tablename="scim_directory"):
     """An organization's SCIM 2.0 directory: its IdP pushes users and groups to ``/scim/v2/<id>/`` (DESIGN §16)."""

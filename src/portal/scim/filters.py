@@ -119,12 +119,12 @@ def parse(text: str) -> ast.Filter:
             f"Invalid filter at position {token.index}: unexpected {str(token.value)!r}."
         )
 
-    parser.error = error  # type: ignore[method-assign]
+    parser.error = error
     try:
         tree = parser.parse(tokenize(text))
     except errors.ScimError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the grammar's own complaints (e.g. a sub-attribute twice).
+    except Exception as exc:
         raise errors.invalid_filter(f"Invalid filter: {exc}.") from exc
     if not isinstance(tree, ast.Filter):
         raise errors.invalid_filter("Invalid filter.")
@@ -234,7 +234,7 @@ class Dialect:
         keys = [k for k in (resolved.extension, resolved.attr.name, resolved.sub and resolved.sub.name) if k]
         if self.postgres:
             text = f"CAST({table}.resource AS JSONB)"
-            for key in keys[:-1]:
+            for _key in keys[:-1]:
                 text += " -> CAST({} AS TEXT)"
             return Sql(f"({text} ->> CAST({{}} AS TEXT))", list(keys))
         return Sql(f"json_extract({table}.resource, {{}})", [_sqlite_path(keys)])
@@ -261,7 +261,9 @@ class Dialect:
     def element_text(self, sub: str | None) -> Sql:
         if self.postgres:
             if sub is None:
-                return Sql("(CASE WHEN jsonb_typeof(e.v) IN ('object', 'array') THEN NULL ELSE e.v #>> ARRAY[]::TEXT[] END)")
+                return Sql(
+                    "(CASE WHEN jsonb_typeof(e.v) IN ('object', 'array') THEN NULL ELSE e.v #>> ARRAY[]::TEXT[] END)"
+                )
             return Sql("(e.v ->> CAST({} AS TEXT))", [sub])
         if sub is None:
             return Sql("(CASE WHEN e.type IN ('object', 'array') THEN NULL ELSE e.value END)")
@@ -271,7 +273,6 @@ class Dialect:
         if json:
             return ("true" if value else "false") if self.postgres else int(value)
         return value
-
 
 
 def _sqlite_path(keys: list[str]) -> str:
@@ -351,7 +352,9 @@ class Translator:
             # ``emails[type eq "work"] pr`` style: the parser folds a value path into an attribute path.
             inner = node.attr_path.attr_name
             if node.value.lower() != "pr":
-                raise errors.invalid_filter("Compare a sub-attribute: emails[type eq \"work\"].value is a path.")
+                raise errors.invalid_filter(
+                    'Compare a sub-attribute: emails[type eq "work"].value is a path.'
+                )
             return self._filter(inner, namespace)
         resolved = self._resolve(node.attr_path, namespace)
         op = node.value.lower()
@@ -381,12 +384,19 @@ class Translator:
             return _cat("EXISTS (SELECT 1 FROM ", source, " WHERE ", cmp, ")")
         if resolved.leaf.type == "complex":
             if op != "pr":
-                raise errors.invalid_filter(f"{resolved.dotted} is complex: compare one of its sub-attributes.")
+                raise errors.invalid_filter(
+                    f"{resolved.dotted} is complex: compare one of its sub-attributes."
+                )
             keys = [k for k in (resolved.extension, resolved.attr.name) if k]
             node_sql = self.dialect.json_node(self.target.table, keys)
             return Sql(f"({node_sql.text} IS NOT NULL)", node_sql.values)
         return _compare(
-            self.dialect, self.dialect.json_text(self.target.table, resolved), resolved.leaf, op, value, json=True
+            self.dialect,
+            self.dialect.json_text(self.target.table, resolved),
+            resolved.leaf,
+            op,
+            value,
+            json=True,
         )
 
     # -- group membership (its own table)
@@ -418,11 +428,16 @@ class Translator:
         if sub != "value":
             raise errors.invalid_filter(f"{resolved.attr.name}.{sub} cannot be filtered on; use value.")
         t = self.target
-        base = f'SELECT 1 FROM scim_group_member gm WHERE gm.{t.membership_self} = {t.table}.id'
+        base = f"SELECT 1 FROM scim_group_member gm WHERE gm.{t.membership_self} = {t.table}.id"  # noqa: S608 (fixed names and {} placeholders only)
         if op == "pr":
             return Sql(f"EXISTS ({base})")
         cmp = _compare(
-            self.dialect, Sql(f"gm.{t.membership_other}"), Attr("value", case_exact=True), op, value, json=False
+            self.dialect,
+            Sql(f"gm.{t.membership_other}"),
+            Attr("value", case_exact=True),
+            op,
+            value,
+            json=False,
         )
         return _cat(f"EXISTS ({base} AND ", cmp, ")")
 
@@ -522,7 +537,9 @@ def _compare(
         try:
             when = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise errors.invalid_filter(f"{value!r} is not a date and time like 2026-01-31T12:00:00Z.") from exc
+            raise errors.invalid_filter(
+                f"{value!r} is not a date and time like 2026-01-31T12:00:00Z."
+            ) from exc
         if when.tzinfo is None:
             raise errors.invalid_filter(f"{value!r} needs a time zone (Z or +01:00).")
         if op not in _OPS:

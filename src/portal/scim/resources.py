@@ -44,7 +44,7 @@ def _value(attr: Attr, value: Any, where: str) -> Any:
             sub = attr.child(key)
             if sub is None:
                 raise errors.invalid_value(f"Unknown attribute {where}.{key}.")
-            if sub_value is None or sub.mutability == "readOnly" and attr.name != "members":
+            if sub_value is None or (sub.mutability == "readOnly" and attr.name != "members"):
                 continue
             out[sub.name] = _value(sub, sub_value, f"{where}.{sub.name}")
         return out
@@ -227,18 +227,18 @@ def matches(attr: Attr, element: Any, node: Any) -> bool:
     if isinstance(element, dict):
         key = _get_key(element, sub.name)
         actual = element.get(key) if key else None
-    op = node.value.lower()
+    op = str(node.value).lower()
     expected = node.comp_value.value if node.comp_value is not None else None
     if op == "pr":
-        return actual not in (None, "", [], {})
+        return bool(actual not in (None, "", [], {}))
     if expected is None:
-        return (actual is None) == (op == "eq")
+        return bool((actual is None) == (op == "eq"))
     if sub.type == "boolean":
         if isinstance(expected, str) and expected.lower() in _TRUE:
             expected = _TRUE[expected.lower()]
         if isinstance(actual, str) and actual.lower() in _TRUE:
             actual = _TRUE[actual.lower()]
-        same = actual is expected
+        same = bool(actual is expected)
         return same if op == "eq" else (not same if op == "ne" else False)
     if actual is None:
         return op == "ne"
@@ -508,7 +508,9 @@ def _remove(container: dict[str, Any], path: Path, value: Any) -> None:
         keys = [_get_key(d, "value") for d in drop if isinstance(d, dict)]
         wanted = {str(d[k]) for d, k in zip(drop, keys, strict=False) if isinstance(d, dict) and k}
         container[attr.name] = [
-            item for item in container[attr.name] if not (isinstance(item, dict) and str(item.get("value")) in wanted)
+            item
+            for item in container[attr.name]
+            if not (isinstance(item, dict) and str(item.get("value")) in wanted)
         ]
         if not container[attr.name]:
             del container[attr.name]

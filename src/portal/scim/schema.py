@@ -90,7 +90,9 @@ def _s(name: str, **kw: Any) -> Attr:
     return Attr(name, **kw)
 
 
-def _multi(name: str, *, types: tuple[str, ...] = ("work", "home", "other"), value_type: str = "string") -> Attr:
+def _multi(
+    name: str, *, types: tuple[str, ...] = ("work", "home", "other"), value_type: str = "string"
+) -> Attr:
     return Attr(
         name,
         "complex",

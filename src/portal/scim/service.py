@@ -40,7 +40,7 @@ from portal.scim import errors, filters, resources
 from portal.scim.schema import ENTERPRISE, GROUP, GROUPS, USER, USERS, ResourceType
 
 log = logging.getLogger("portal.scim")
-TOKEN_PREFIX = "scim"
+TOKEN_PREFIX = "scim"  # noqa: S105 (a prefix, not a secret)
 PROVIDERS = ("okta", "entra", "jumpcloud", "onelogin", "generic")
 
 
@@ -81,7 +81,9 @@ async def org_directory(organization_id: str, directory_id: str) -> Directory:
     """A directory of this organization, else :class:`InvalidInput` (the widget answers 404)."""
     row = (
         await ScimDirectory.select()
-        .where((ScimDirectory.id == directory_id) & (ScimDirectory.organization == organization_id))  # tenant check
+        .where(
+            (ScimDirectory.id == directory_id) & (ScimDirectory.organization == organization_id)
+        )  # tenant check
         .first()
     )
     if row is None:
@@ -98,7 +100,9 @@ async def list_directories(organization_id: str) -> list[Directory]:
     return [_directory(r) for r in rows]
 
 
-async def create_directory(organization_id: str, name: str, provider: str, *, actor_id: str | None) -> Directory:
+async def create_directory(
+    organization_id: str, name: str, provider: str, *, actor_id: str | None
+) -> Directory:
     name = name.strip()
     if not name:
         raise InvalidInput("name", "Give the directory a name, such as the IdP it comes from.")
@@ -144,22 +148,30 @@ async def revoke_tokens(directory: Directory, *, actor_id: str | None) -> int:
     now = clock.utcnow()
     rows = (
         await ScimToken.update({ScimToken.expires_at: now})
-        .where((ScimToken.directory == directory.id) & (ScimToken.expires_at.is_null() | (ScimToken.expires_at > now)))
+        .where(
+            (ScimToken.directory == directory.id)
+            & (ScimToken.expires_at.is_null() | (ScimToken.expires_at > now))
+        )
         .returning(ScimToken.id)
     )
     await accounts.audit(
-        "scim.token.revoked", organization_id=directory.organization_id, actor_id=actor_id, target=directory.id
+        "scim.token.revoked",
+        organization_id=directory.organization_id,
+        actor_id=actor_id,
+        target=directory.id,
     )
     return len(rows)
 
 
 async def tokens(directory_id: str) -> list[dict[str, Any]]:
     rows = (
-        await ScimToken.select(ScimToken.id, ScimToken.hint, ScimToken.created_at, ScimToken.expires_at, ScimToken.last_used_at)
+        await ScimToken.select(
+            ScimToken.id, ScimToken.hint, ScimToken.created_at, ScimToken.expires_at, ScimToken.last_used_at
+        )
         .where(ScimToken.directory == directory_id)
         .order_by(ScimToken.created_at, ascending=False)
     )
-    return cast(list[dict[str, Any]], rows)
+    return rows
 
 
 _AUTH = (
@@ -198,7 +210,9 @@ def _aware(value: datetime | str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-async def log_request(directory_id: str, method: str, path: str, status: int, detail: str, duration_ms: int) -> None:
+async def log_request(
+    directory_id: str, method: str, path: str, status: int, detail: str, duration_ms: int
+) -> None:
     """Keep the request (no body) for the widget; now and then drop all but the directory's last 100."""
     await ScimRequest(
         directory_id=directory_id,
@@ -230,7 +244,7 @@ async def recent_requests(directory_id: str, limit: int = 100) -> list[dict[str,
         .order_by(ScimRequest.id, ascending=False)
         .limit(limit)
     )
-    return cast(list[dict[str, Any]], rows)
+    return rows
 
 
 async def counts(directory_id: str) -> tuple[int, int]:
@@ -266,7 +280,9 @@ def user_resource(row: dict[str, Any], base_url: str, groups: list[dict[str, Any
     return out
 
 
-def group_resource(row: dict[str, Any], base_url: str, members: list[dict[str, Any]] | None) -> dict[str, Any]:
+def group_resource(
+    row: dict[str, Any], base_url: str, members: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     body = dict(db.json_value(row["resource"]) or {})
     out: dict[str, Any] = {"schemas": [GROUP], "id": row["id"], **body}
     if members:
@@ -285,14 +301,19 @@ async def _groups_of(user_ids: Sequence[str], base_url: str) -> dict[str, list[d
     if not user_ids:
         return {}
     rows = await ScimGroupMember.raw(
-        'SELECT gm.member, g.id, g.display_name FROM scim_group_member gm JOIN scim_group g ON g.id = gm."group"'
+        'SELECT gm.member, g.id, g.display_name FROM scim_group_member gm JOIN scim_group g ON g.id = gm."group"'  # noqa: S608 (fixed names and {} placeholders only)
         " WHERE gm.member IN (" + ", ".join("{}" for _ in user_ids) + ") ORDER BY g.display_name, g.id",
         *user_ids,
     )
     out: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(r["member"], []).append(
-            {"value": r["id"], "$ref": f"{base_url}/Groups/{r['id']}", "display": r["display_name"], "type": "direct"}
+            {
+                "value": r["id"],
+                "$ref": f"{base_url}/Groups/{r['id']}",
+                "display": r["display_name"],
+                "type": "direct",
+            }
         )
     return out
 
@@ -301,7 +322,7 @@ async def _members_of(group_ids: Sequence[str], base_url: str) -> dict[str, list
     if not group_ids:
         return {}
     rows = await ScimGroupMember.raw(
-        'SELECT gm."group", gm.display, u.id FROM scim_group_member gm'
+        'SELECT gm."group", gm.display, u.id FROM scim_group_member gm'  # noqa: S608 (fixed names and {} placeholders only)
         ' JOIN scim_user u ON u.id = gm.member WHERE gm."group" IN ('
         + ", ".join("{}" for _ in group_ids)
         + ") ORDER BY gm.id",
@@ -355,17 +376,28 @@ async def search(
     if query.filter:
         extra = filters.to_sql(query.filter, target, postgres=pg)
         where = filters.Sql(f"{where.text} AND {extra.text}", where.values + extra.values)
-    total_rows = await table.raw(f"SELECT count(*) AS n FROM {target.table} WHERE {where.text}", *where.values)
-    total = int(total_rows[0]["n"])
-    if query.count <= 0 or total == 0:
-        return total, []
     sort = _sort_sql(rt, target, query.sort_by, pg)
     direction = "DESC" if query.descending else "ASC"
-    order = f"({sort.text}) IS NULL, {sort.text} {direction}, {target.table}.id {direction}"
-    sql = (
-        f"SELECT {target.table}.* FROM {target.table} WHERE {where.text} ORDER BY {order} LIMIT {{}} OFFSET {{}}"
-    )
-    rows = await table.raw(sql, *where.values, *sort.values, *sort.values, query.count, query.start_index - 1)
+    if sort.text == f"{target.table}.created_at":
+        # The default order, on a NOT NULL column: the (directory, created_at, id) index serves it.
+        order = f"{sort.text} {direction}, {target.table}.id {direction}"
+        order_values: list[Any] = []
+    else:
+        order = f"({sort.text}) IS NULL, {sort.text} {direction}, {target.table}.id {direction}"
+        order_values = [*sort.values, *sort.values]
+    rows: list[dict[str, Any]] = []
+    if query.count > 0:
+        sql = f"SELECT {target.table}.* FROM {target.table} WHERE {where.text} ORDER BY {order} LIMIT {{}} OFFSET {{}}"  # noqa: S608 (fixed names and {} placeholders only)
+        rows = await table.raw(sql, *where.values, *order_values, query.count, query.start_index - 1)
+    if query.start_index == 1 and len(rows) < query.count:
+        # The whole result is on this page (an IdP's `userName eq` lookup): no separate count.
+        total = len(rows)
+    else:
+        total_rows = await table.raw(
+            f"SELECT count(*) AS n FROM {target.table} WHERE {where.text}",  # noqa: S608 (fixed names and {} placeholders only)
+            *where.values,
+        )
+        total = int(total_rows[0]["n"])
     if rt is USERS:
         groups = await _groups_of([r["id"] for r in rows], base_url) if with_links else {}
         return total, [user_resource(r, base_url, groups.get(r["id"])) for r in rows]
@@ -459,7 +491,9 @@ def _names(resource: dict[str, Any]) -> dict[str, str]:
     assert isinstance(name, dict)
     given = str(name.get("givenName") or "")[:100]
     family = str(name.get("familyName") or "")[:100]
-    display = str(resource.get("displayName") or name.get("formatted") or " ".join(p for p in (given, family) if p))
+    display = str(
+        resource.get("displayName") or name.get("formatted") or " ".join(p for p in (given, family) if p)
+    )
     return {"given_name": given, "family_name": family, "display_name": display[:200]}
 
 
@@ -490,7 +524,9 @@ async def _link(
                 clash = await User.exists().where((User.email == email) & (User.id != user_id))
                 if clash:
                     raise errors.uniqueness(f"Another account already uses {email}.")
-                await User.update({User.email: email, User.updated_at: clock.utcnow()}).where(User.id == user_id)
+                await User.update({User.email: email, User.updated_at: clock.utcnow()}).where(
+                    User.id == user_id
+                )
                 await accounts.sync_member_keys(user_id)
             if current_ok:
                 await _update_names(user_id, resource)
@@ -498,9 +534,17 @@ async def _link(
         user = await User.select().where(User.email == email).first()
         if user is None:
             names = _names(resource)
-            new = User(email=email, email_verified=domain_ok, **names)
+            new = User(
+                email=email,
+                email_verified=domain_ok,
+                given_name=names["given_name"],
+                family_name=names["family_name"],
+                display_name=names["display_name"],
+            )
             await new.save()
-            await accounts.audit("user.created", target=new.id, details={"source": "scim", "directory_id": directory.id})
+            await accounts.audit(
+                "user.created", target=new.id, details={"source": "scim", "directory_id": directory.id}
+            )
             user_id = new.id
         else:
             user_id = user["id"]
@@ -529,7 +573,11 @@ async def _link(
 
 async def _add_membership(directory: Directory, user_id: str, roles: list[str], active: bool) -> str:
     """A membership with source ``scim`` (what ``accounts.add_member`` writes, in two queries instead of five)."""
-    user = await User.select(User.email, User.display_name, User.given_name, User.family_name).where(User.id == user_id).first()
+    user = (
+        await User.select(User.email, User.display_name, User.given_name, User.family_name)
+        .where(User.id == user_id)
+        .first()
+    )
     keys = accounts.member_keys(user or {})
     membership = Membership(
         organization=directory.organization_id,
@@ -537,7 +585,9 @@ async def _add_membership(directory: Directory, user_id: str, roles: list[str], 
         roles=roles,
         status="active" if active else "suspended",
         source="scim",
-        **keys,
+        email=keys["email"],
+        sort_key=keys["sort_key"],
+        family_key=keys["family_key"],
     )
     await membership.save()
     await accounts.audit(
@@ -554,8 +604,12 @@ async def _update_names(user_id: str, resource: dict[str, Any]) -> None:
     if not any(names.values()):
         return
     await User.update(
-        {User.given_name: names["given_name"], User.family_name: names["family_name"],
-         User.display_name: names["display_name"], User.updated_at: clock.utcnow()}
+        {
+            User.given_name: names["given_name"],
+            User.family_name: names["family_name"],
+            User.display_name: names["display_name"],
+            User.updated_at: clock.utcnow(),
+        }
     ).where(User.id == user_id)
     await accounts.sync_member_keys(user_id)
 
@@ -592,18 +646,19 @@ async def _end_sessions(organization_id: str, user_id: str, reason: str) -> None
 
 
 async def apply_roles(directory: Directory, scim_user_ids: Iterable[str]) -> None:
-    """Membership roles = base roles ∪ the roles the directory maps the user's groups to."""
+    """Membership roles = base roles plus the roles the directory maps the user's groups to."""
     wanted = list(dict.fromkeys(scim_user_ids))
     if not wanted:
         return
     placeholders = ", ".join("{}" for _ in wanted)
     rows = await ScimUser.raw(
-        f"SELECT id, membership_id, base_roles FROM scim_user WHERE directory = {{}} AND id IN ({placeholders})",
+        f"SELECT id, membership_id, base_roles FROM scim_user WHERE directory = {{}} AND id IN ({placeholders})",  # noqa: S608 (fixed names and {} placeholders only)
         directory.id,
         *wanted,
     )
     links = await ScimGroupMember.raw(
-        f'SELECT member, "group" FROM scim_group_member WHERE member IN ({placeholders})', *wanted
+        f'SELECT member, "group" FROM scim_group_member WHERE member IN ({placeholders})',  # noqa: S608 (fixed names and {} placeholders only)
+        *wanted,
     )
     groups: dict[str, set[str]] = {}
     for link in links:
@@ -615,16 +670,27 @@ async def apply_roles(directory: Directory, scim_user_ids: Iterable[str]) -> Non
         for group_id in groups.get(row["id"], ()):
             roles.update(directory.group_roles.get(group_id, ()))
         new = sorted(roles)
-        current = await Membership.select(Membership.roles).where(Membership.id == row["membership_id"]).first().output(load_json=True)
+        current = (
+            await Membership.select(Membership.roles)
+            .where(Membership.id == row["membership_id"])
+            .first()
+            .output(load_json=True)
+        )
         if current is not None and sorted(current["roles"] or []) != new:
             await Membership.update({Membership.roles: new, Membership.updated_at: clock.utcnow()}).where(
-                (Membership.id == row["membership_id"]) & (Membership.organization == directory.organization_id)
+                (Membership.id == row["membership_id"])
+                & (Membership.organization == directory.organization_id)
             )
             await accounts.audit(
                 "member.roles_changed",
                 organization_id=directory.organization_id,
                 target=row["id"],
-                details={"membership_id": row["membership_id"], "old": current["roles"], "new": new, "source": "scim"},
+                details={
+                    "membership_id": row["membership_id"],
+                    "old": current["roles"],
+                    "new": new,
+                    "source": "scim",
+                },
             )
 
 
@@ -636,7 +702,9 @@ async def _unique_user_name(directory: Directory, key: str, exclude: str | None)
         raise errors.uniqueness(f"A User with userName {key!r} already exists in this directory.")
 
 
-async def create_user(directory: Directory, body: Any, base_url: str, known_roles: Iterable[str]) -> dict[str, Any]:
+async def create_user(
+    directory: Directory, body: Any, base_url: str, known_roles: Iterable[str]
+) -> dict[str, Any]:
     resource = resources.validate(USERS, body)
     columns = _columns(resource)
     await _unique_user_name(directory, columns["user_name_key"], None)
@@ -657,13 +725,19 @@ async def create_user(directory: Directory, body: Any, base_url: str, known_role
     if not columns["active"] and links.get("membership_id"):
         await _set_status(directory, links["membership_id"], False)  # an existing member, created inactive
     # A new user is in no group yet: its roles are its base roles, set with the membership.
-    await _audit(directory, "scim.user.created", row.id, {"userName": columns["user_name"], "email": columns["email"]})
+    await _audit(
+        directory, "scim.user.created", row.id, {"userName": columns["user_name"], "email": columns["email"]}
+    )
     stored = {"id": row.id, "resource": resource, "created_at": now, "updated_at": now, "version": 1}
     return user_resource(stored, base_url, None)
 
 
 async def _save_user(
-    directory: Directory, row: dict[str, Any], resource: dict[str, Any], base_url: str, known_roles: Iterable[str]
+    directory: Directory,
+    row: dict[str, Any],
+    resource: dict[str, Any],
+    base_url: str,
+    known_roles: Iterable[str],
 ) -> dict[str, Any]:
     columns = _columns(resource)
     if columns["user_name_key"] != row["user_name_key"]:
@@ -674,7 +748,9 @@ async def _save_user(
         and columns["email"] == row["email"]
         and _names(previous) == _names(resource)
     )
-    links = {} if same_person else await _link(directory, row, resource, known_roles, active=columns["active"])
+    links = (
+        {} if same_person else await _link(directory, row, resource, known_roles, active=columns["active"])
+    )
     now = clock.utcnow()
     changes: dict[Any, Any] = {getattr(ScimUser, k): v for k, v in {**columns, **links}.items()}
     changes[ScimUser.resource] = resource
@@ -689,14 +765,21 @@ async def _save_user(
         await apply_roles(directory, [row["id"]])
     was_active = bool(row["active"])
     action = "scim.user.deactivated" if was_active and not columns["active"] else "scim.user.updated"
-    await _audit(directory, action, row["id"], {"userName": columns["user_name"], "active": columns["active"]})
+    await _audit(
+        directory, action, row["id"], {"userName": columns["user_name"], "active": columns["active"]}
+    )
     groups = await _groups_of([row["id"]], base_url)
     stored = {**row, "resource": resource, "updated_at": now, "version": row["version"] + 1}
     return user_resource(stored, base_url, groups.get(row["id"]))
 
 
 async def replace_user(
-    directory: Directory, user_id: str, body: Any, base_url: str, known_roles: Iterable[str], if_match: str | None
+    directory: Directory,
+    user_id: str,
+    body: Any,
+    base_url: str,
+    known_roles: Iterable[str],
+    if_match: str | None,
 ) -> dict[str, Any]:
     row = await _user_row(directory, user_id, lock=True)
     check_version(row, if_match)
@@ -705,7 +788,12 @@ async def replace_user(
 
 
 async def patch_user(
-    directory: Directory, user_id: str, body: Any, base_url: str, known_roles: Iterable[str], if_match: str | None
+    directory: Directory,
+    user_id: str,
+    body: Any,
+    base_url: str,
+    known_roles: Iterable[str],
+    if_match: str | None,
 ) -> dict[str, Any]:
     ops = resources.operations(body)
     row = await _user_row(directory, user_id, lock=True)
@@ -720,13 +808,17 @@ async def patch_user(
 async def delete_user(directory: Directory, user_id: str) -> None:
     row = await _user_row(directory, user_id, lock=True)
     group_ids = [
-        r["group"] for r in await ScimGroupMember.select(ScimGroupMember.group).where(ScimGroupMember.member == user_id)
+        r["group"]
+        for r in await ScimGroupMember.select(ScimGroupMember.group).where(ScimGroupMember.member == user_id)
     ]
     await ScimUser.delete().where((ScimUser.id == user_id) & (ScimUser.directory == directory.id))
     if row["membership_id"]:
         removed = (
             await Membership.delete()
-            .where((Membership.id == row["membership_id"]) & (Membership.organization == directory.organization_id))
+            .where(
+                (Membership.id == row["membership_id"])
+                & (Membership.organization == directory.organization_id)
+            )
             .returning(Membership.user)
         )
         if removed:
@@ -735,7 +827,11 @@ async def delete_user(directory: Directory, user_id: str) -> None:
                 "member.removed",
                 organization_id=directory.organization_id,
                 target=removed[0]["user"],
-                details={"membership_id": row["membership_id"], "source": "scim", "directory_id": directory.id},
+                details={
+                    "membership_id": row["membership_id"],
+                    "source": "scim",
+                    "directory_id": directory.id,
+                },
             )
     if group_ids:
         await _touch_groups(group_ids)
@@ -771,7 +867,9 @@ async def _check_members(directory: Directory, member_ids: list[str]) -> None:
         return
     placeholders = ", ".join("{}" for _ in member_ids)
     rows = await ScimUser.raw(
-        f"SELECT id FROM scim_user WHERE directory = {{}} AND id IN ({placeholders})", directory.id, *member_ids
+        f"SELECT id FROM scim_user WHERE directory = {{}} AND id IN ({placeholders})",  # noqa: S608 (fixed names and {} placeholders only)
+        directory.id,
+        *member_ids,
     )  # tenant check: members must be Users of this directory
     found = {r["id"] for r in rows}
     missing = [m for m in member_ids if m not in found]
@@ -789,7 +887,7 @@ async def _add_members(group_id: str, members: dict[str, str]) -> None:
         params.extend([group_id, member, display, now])
     # One row per (group, member) under a unique key: concurrent adds never overwrite each other.
     await ScimGroupMember.raw(
-        'INSERT INTO scim_group_member ("group", member, display, created_at)'
+        'INSERT INTO scim_group_member ("group", member, display, created_at)'  # noqa: S608 (fixed names and {} placeholders only)
         f" VALUES {values} ON CONFLICT DO NOTHING",
         *params,
     )
@@ -806,16 +904,20 @@ async def _remove_members(group_id: str, member_ids: list[str] | None) -> list[s
 
 
 async def _current_members(group_id: str) -> list[str]:
-    rows = await ScimGroupMember.select(ScimGroupMember.member).where(ScimGroupMember.group == group_id).order_by(ScimGroupMember.id)
+    rows = (
+        await ScimGroupMember.select(ScimGroupMember.member)
+        .where(ScimGroupMember.group == group_id)
+        .order_by(ScimGroupMember.id)
+    )
     return [r["member"] for r in rows]
 
 
 async def _touch_groups(group_ids: Iterable[str]) -> None:
     ids_ = list(dict.fromkeys(group_ids))
     if ids_:
-        await ScimGroup.update({ScimGroup.version: ScimGroup.version + 1, ScimGroup.updated_at: clock.utcnow()}).where(
-            ScimGroup.id.is_in(ids_)
-        )
+        await ScimGroup.update(
+            {ScimGroup.version: ScimGroup.version + 1, ScimGroup.updated_at: clock.utcnow()}
+        ).where(ScimGroup.id.is_in(ids_))
 
 
 def _group_columns(resource: dict[str, Any]) -> dict[str, Any]:
@@ -831,7 +933,9 @@ def _group_columns(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _unique_group_name(directory: Directory, key: str, exclude: str | None) -> None:
-    query = ScimGroup.exists().where((ScimGroup.directory == directory.id) & (ScimGroup.display_name_key == key))
+    query = ScimGroup.exists().where(
+        (ScimGroup.directory == directory.id) & (ScimGroup.display_name_key == key)
+    )
     if exclude:
         query = query.where(ScimGroup.id != exclude)
     if await query:
@@ -846,18 +950,32 @@ async def create_group(directory: Directory, body: Any, base_url: str) -> dict[s
     await _check_members(directory, list(members))
     now = clock.utcnow()
     row = ScimGroup(
-        directory=directory.id, organization_id=directory.organization_id, resource=resource,
-        created_at=now, updated_at=now, **columns,
+        directory=directory.id,
+        organization_id=directory.organization_id,
+        resource=resource,
+        created_at=now,
+        updated_at=now,
+        **columns,
     )
     await row.save()
     await _add_members(row.id, members)
     await apply_roles(directory, list(members))
-    await _audit(directory, "scim.group.created", row.id, {"displayName": columns["display_name"], "members": len(members)})
+    await _audit(
+        directory,
+        "scim.group.created",
+        row.id,
+        {"displayName": columns["display_name"], "members": len(members)},
+    )
     return await get_group(directory, row.id, base_url)
 
 
 async def _save_group(
-    directory: Directory, row: dict[str, Any], resource: dict[str, Any], base_url: str, changed: list[str], details: dict[str, Any]
+    directory: Directory,
+    row: dict[str, Any],
+    resource: dict[str, Any],
+    base_url: str,
+    changed: list[str],
+    details: dict[str, Any],
 ) -> dict[str, Any]:
     columns = _group_columns(resource)
     await _unique_group_name(directory, columns["display_name_key"], row["id"])
@@ -867,11 +985,15 @@ async def _save_group(
     changes[ScimGroup.version] = ScimGroup.version + 1
     await ScimGroup.update(changes).where(ScimGroup.id == row["id"])
     await apply_roles(directory, changed)
-    await _audit(directory, "scim.group.updated", row["id"], {"displayName": columns["display_name"], **details})
+    await _audit(
+        directory, "scim.group.updated", row["id"], {"displayName": columns["display_name"], **details}
+    )
     return await get_group(directory, row["id"], base_url)
 
 
-async def replace_group(directory: Directory, group_id: str, body: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+async def replace_group(
+    directory: Directory, group_id: str, body: Any, base_url: str, if_match: str | None
+) -> dict[str, Any]:
     row = await _group_row(directory, group_id, lock=True)
     check_version(row, if_match)
     resource = resources.validate(GROUPS, body)
@@ -880,10 +1002,19 @@ async def replace_group(directory: Directory, group_id: str, body: Any, base_url
     removed = await _remove_members(group_id, None)
     await _add_members(group_id, members)
     changed = sorted(set(removed) ^ set(members))
-    return await _save_group(directory, row, resource, base_url, list(set(removed) | set(members)), {"changed_members": len(changed)})
+    return await _save_group(
+        directory,
+        row,
+        resource,
+        base_url,
+        list(set(removed) | set(members)),
+        {"changed_members": len(changed)},
+    )
 
 
-async def patch_group(directory: Directory, group_id: str, body: Any, base_url: str, if_match: str | None) -> dict[str, Any]:
+async def patch_group(
+    directory: Directory, group_id: str, body: Any, base_url: str, if_match: str | None
+) -> dict[str, Any]:
     ops = resources.operations(body)
     row = await _group_row(directory, group_id, lock=True)
     check_version(row, if_match)
@@ -891,7 +1022,10 @@ async def patch_group(directory: Directory, group_id: str, body: Any, base_url: 
     touched: set[str] = set()
     added = removed_count = 0
     for op, path, value in ops:
-        member_path = path is not None and path.strip().lower().split("[", 1)[0].split(".", 1)[0] in {"members", GROUP.lower() + ":members"}
+        member_path = path is not None and path.strip().lower().split("[", 1)[0].split(".", 1)[0] in {
+            "members",
+            GROUP.lower() + ":members",
+        }
         if path is None and isinstance(value, dict):
             member_value = next((v for k, v in value.items() if k.lower() == "members"), None)
             rest = {k: v for k, v in value.items() if k.lower() != "members"}
@@ -912,17 +1046,25 @@ async def patch_group(directory: Directory, group_id: str, body: Any, base_url: 
             continue
         resources.apply(GROUPS, resource, op, path, value)
     resource = resources.validate(GROUPS, {"schemas": [GROUP], **resource})
-    return await _save_group(directory, row, resource, base_url, sorted(touched), {"added": added, "removed": removed_count})
+    return await _save_group(
+        directory, row, resource, base_url, sorted(touched), {"added": added, "removed": removed_count}
+    )
 
 
-async def _patch_members(directory: Directory, group_id: str, op: str, path: str, value: Any) -> tuple[set[str], int, int]:
+async def _patch_members(
+    directory: Directory, group_id: str, op: str, path: str, value: Any
+) -> tuple[set[str], int, int]:
     parsed = resources.parse_path(GROUPS, path)
     if parsed.sub is not None:
         raise errors.mutability("members' sub-attributes cannot be changed; add or remove the member.")
     if op == "remove":
         if parsed.filter is not None:
             current = await _current_members(group_id)
-            hits = [m for m in current if resources.matches(parsed.attr, {"value": m, "type": "User"}, parsed.filter)]
+            hits = [
+                m
+                for m in current
+                if resources.matches(parsed.attr, {"value": m, "type": "User"}, parsed.filter)
+            ]
             removed = await _remove_members(group_id, hits)
         elif value is not None:
             removed = await _remove_members(group_id, list(_member_ids(value, "members")))
@@ -950,7 +1092,14 @@ async def delete_group(directory: Directory, group_id: str) -> None:
         roles = dict(directory.group_roles)
         roles.pop(group_id)
         await ScimDirectory.update({ScimDirectory.group_roles: roles}).where(ScimDirectory.id == directory.id)
-        directory = Directory(directory.id, directory.organization_id, directory.name, directory.provider, roles, directory.default_roles)
+        directory = Directory(
+            directory.id,
+            directory.organization_id,
+            directory.name,
+            directory.provider,
+            roles,
+            directory.default_roles,
+        )
     await apply_roles(directory, members)
     await _audit(directory, "scim.group.deleted", group_id, {"displayName": row["display_name"]})
 
@@ -960,7 +1109,7 @@ async def delete_group(directory: Directory, group_id: str) -> None:
 
 async def list_groups(directory_id: str) -> list[dict[str, Any]]:
     rows = await ScimGroup.raw(
-        "SELECT g.id, g.display_name, (SELECT count(*) FROM scim_group_member gm WHERE gm.\"group\" = g.id) AS members"
+        'SELECT g.id, g.display_name, (SELECT count(*) FROM scim_group_member gm WHERE gm."group" = g.id) AS members'
         " FROM scim_group g WHERE g.directory = {} ORDER BY g.display_name_key, g.id",
         directory_id,
     )
@@ -968,14 +1117,21 @@ async def list_groups(directory_id: str) -> list[dict[str, Any]]:
 
 
 async def set_group_roles(
-    directory: Directory, group_id: str, roles: Sequence[str], known_roles: Iterable[str], *, actor_id: str | None
+    directory: Directory,
+    group_id: str,
+    roles: Sequence[str],
+    known_roles: Iterable[str],
+    *,
+    actor_id: str | None,
 ) -> Directory:
     """Map a group to roles (empty: no mapping) and apply it to the group's members now."""
     known = set(known_roles)
     unknown = [r for r in roles if r not in known]
     if unknown:
         raise InvalidInput("roles", f"Role {unknown[0]!r} is not defined in the policy.")
-    exists = await ScimGroup.exists().where((ScimGroup.id == group_id) & (ScimGroup.directory == directory.id))  # tenant check
+    exists = await ScimGroup.exists().where(
+        (ScimGroup.id == group_id) & (ScimGroup.directory == directory.id)
+    )  # tenant check
     if not exists:
         raise LookupError(group_id)
     mapping = dict(directory.group_roles)
@@ -983,10 +1139,17 @@ async def set_group_roles(
         mapping[group_id] = sorted(set(roles))
     else:
         mapping.pop(group_id, None)
-    await ScimDirectory.update({ScimDirectory.group_roles: mapping, ScimDirectory.updated_at: clock.utcnow()}).where(
-        ScimDirectory.id == directory.id
+    await ScimDirectory.update(
+        {ScimDirectory.group_roles: mapping, ScimDirectory.updated_at: clock.utcnow()}
+    ).where(ScimDirectory.id == directory.id)
+    updated = Directory(
+        directory.id,
+        directory.organization_id,
+        directory.name,
+        directory.provider,
+        mapping,
+        directory.default_roles,
     )
-    updated = Directory(directory.id, directory.organization_id, directory.name, directory.provider, mapping, directory.default_roles)
     await apply_roles(updated, await _current_members(group_id))
     await accounts.audit(
         "scim.group_roles.changed",
@@ -1003,5 +1166,10 @@ async def save_self_test(directory_id: str, result: dict[str, Any]) -> None:
 
 
 async def self_test_result(directory_id: str) -> dict[str, Any]:
-    row = await ScimDirectory.select(ScimDirectory.self_test).where(ScimDirectory.id == directory_id).first().output(load_json=True)
+    row = (
+        await ScimDirectory.select(ScimDirectory.self_test)
+        .where(ScimDirectory.id == directory_id)
+        .first()
+        .output(load_json=True)
+    )
     return dict(row["self_test"] or {}) if row else {}

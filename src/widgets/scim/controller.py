@@ -63,8 +63,8 @@ def _no_store(response: Response[Any]) -> Response[Any]:
 
 #: A new token crosses the redirect after create/rotate sealed (AES-GCM) in a cookie for the directory's page
 #: only, which that page reads once and deletes: a reload neither shows it again nor creates another.
-TOKEN_COOKIE = "scim_once"
-TOKEN_PURPOSE = "scim.new_token"
+TOKEN_COOKIE = "scim_once"  # noqa: S105 (a cookie name)
+TOKEN_PURPOSE = "scim.new_token"  # noqa: S105 (a sealing purpose)
 
 
 def _with_token(request: Request[Any, Any, Any], directory_id: str, token: str) -> Response[Any]:
@@ -144,7 +144,9 @@ async def _directory_page(
         overlap=settings_of(request).scim_token_overlap,
     )
     if request.cookies.get(TOKEN_COOKIE):
-        page.cookies.append(Cookie(key=TOKEN_COOKIE, value="", path=f"{URL}/{directory_id}", max_age=0, expires=0))
+        page.cookies.append(
+            Cookie(key=TOKEN_COOKIE, value="", path=f"{URL}/{directory_id}", max_age=0, expires=0)
+        )
         _no_store(page)
     return page
 
@@ -169,7 +171,9 @@ class ScimController(Controller):
         return await _list_page(request, require_auth(request))
 
     @post("", opt=MANAGE, status_code=303)
-    async def create(self, request: Request[Any, Any, Any], data: URLEncodedBody[CreateDirectoryForm]) -> Response[Any]:
+    async def create(
+        self, request: Request[Any, Any, Any], data: URLEncodedBody[CreateDirectoryForm]
+    ) -> Response[Any]:
         """Create a directory and show its first token once (this response is the only place it appears)."""
         auth = require_auth(request)
         settings = settings_of(request)
@@ -179,7 +183,9 @@ class ScimController(Controller):
                     _org_id(auth), data.name, data.provider, actor_id=auth.user["id"]
                 )
                 token = await scim.issue_token(
-                    directory, overlap=timedelta(seconds=settings.scim_token_overlap), actor_id=auth.user["id"]
+                    directory,
+                    overlap=timedelta(seconds=settings.scim_token_overlap),
+                    actor_id=auth.user["id"],
                 )
         except InvalidInput as exc:
             errors = {exc.field: exc.message}
@@ -192,11 +198,16 @@ class ScimController(Controller):
 
     @get("/{directory_id:str}", opt=READ)
     async def show(
-        self, request: Request[Any, Any, Any], directory_id: FromPath[str], guide: FromQuery[str | None] = None
+        self,
+        request: Request[Any, Any, Any],
+        directory_id: FromPath[str],
+        guide: FromQuery[str | None] = None,
     ) -> Response[Any]:
         """One directory: base URL, tokens, counts, groups and their roles, last requests, self-test, guide."""
         token = _take_token(request, directory_id)
-        return await _directory_page(request, require_auth(request), directory_id, new_token=token, guide=guide)
+        return await _directory_page(
+            request, require_auth(request), directory_id, new_token=token, guide=guide
+        )
 
     @post("/{directory_id:str}/rotate", opt=MANAGE, status_code=303)
     async def rotate(self, request: Request[Any, Any, Any], directory_id: FromPath[str]) -> Response[Any]:
@@ -242,7 +253,9 @@ class ScimController(Controller):
         except InvalidInput as exc:
             return _back(request, f"{URL}/{directory.id}#groups", exc.message, "error")
         shown = ", ".join(sorted(set(data.role_list))) or "no role"
-        return _back(request, f"{URL}/{directory.id}#groups", f"Members of the group now get {shown} from it.")
+        return _back(
+            request, f"{URL}/{directory.id}#groups", f"Members of the group now get {shown} from it."
+        )
 
     @post("/{directory_id:str}/self-test", opt=MANAGE, status_code=303)
     async def self_test(self, request: Request[Any, Any, Any], directory_id: FromPath[str]) -> Response[Any]:
@@ -251,5 +264,11 @@ class ScimController(Controller):
         directory = await _directory(auth, directory_id)
         result = await service.run_self_test(request.app, settings_of(request), directory)
         if result["ok"]:
-            return _back(request, f"{URL}/{directory.id}#self-test", "Self-test passed: every step answered as expected.")
-        return _back(request, f"{URL}/{directory.id}#self-test", "Self-test failed: see the steps below.", "error")
+            return _back(
+                request,
+                f"{URL}/{directory.id}#self-test",
+                "Self-test passed: every step answered as expected.",
+            )
+        return _back(
+            request, f"{URL}/{directory.id}#self-test", "Self-test failed: see the steps below.", "error"
+        )

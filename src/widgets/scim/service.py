@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from litestar import Litestar
@@ -52,7 +52,9 @@ def load_guides(settings: Settings) -> list[guides.Guide]:
     return guides.load(GUIDES_DIR, "scim", settings.guides_dir)
 
 
-async def directory_view(settings: Settings, organization_id: str, directory_id: str, guide_key: str | None) -> DirectoryView:
+async def directory_view(
+    settings: Settings, organization_id: str, directory_id: str, guide_key: str | None
+) -> DirectoryView:
     """The page of one of the organization's directories (LookupError if it is not one of them)."""
     directory = await scim.org_directory(organization_id, directory_id)  # tenant check
     base_url = f"{settings.public_url.rstrip('/')}/scim/v2/{directory.id}"
@@ -97,11 +99,15 @@ async def run_self_test(app: Litestar, settings: Settings, directory: scim.Direc
     steps: list[Step] = []
     base = f"/scim/v2/{directory.id}"
     headers = {"authorization": f"Bearer {token}", "content-type": "application/scim+json"}
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
+    transport = httpx.ASGITransport(app=cast(Any, app), client=("127.0.0.1", 0))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url=settings.public_url, headers=headers, timeout=30) as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url=settings.public_url, headers=headers, timeout=30
+        ) as http:
 
-            async def call(name: str, method: str, path: str, expect: int, **kwargs: Any) -> httpx.Response | None:
+            async def call(
+                name: str, method: str, path: str, expect: int, **kwargs: Any
+            ) -> httpx.Response | None:
                 started = time.perf_counter()
                 try:
                     response = await http.request(method, base + path, **kwargs)
@@ -110,7 +116,8 @@ async def run_self_test(app: Litestar, settings: Settings, directory: scim.Direc
                     return None
                 ms = (time.perf_counter() - started) * 1000
                 ok = response.status_code == expect and (
-                    not response.content or response.headers.get("content-type", "").startswith("application/scim+json")
+                    not response.content
+                    or response.headers.get("content-type", "").startswith("application/scim+json")
                 )
                 detail = f"{method} {path} → {response.status_code} in {ms:.0f} ms"
                 if not ok:
@@ -122,7 +129,11 @@ async def run_self_test(app: Litestar, settings: Settings, directory: scim.Direc
             await call("Resource types", "GET", "/ResourceTypes", 200)
             await call("Schemas", "GET", "/Schemas", 200)
             user_name = f"portal-self-test-{secrets.token_hex(4)}"
-            body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name, "active": False}
+            body = {
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": user_name,
+                "active": False,
+            }
             created = await call("Create a test user", "POST", "/Users", 201, json=body)
             if created is not None:
                 uid = created.json()["id"]

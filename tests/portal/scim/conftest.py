@@ -33,7 +33,11 @@ class Scim:
         return f"/scim/v2/{self.directory.id}"
 
     def headers(self, token: str | None = None, **extra: str) -> dict[str, str]:
-        return {"authorization": f"Bearer {token or self.token}", "content-type": "application/scim+json", **extra}
+        return {
+            "authorization": f"Bearer {token or self.token}",
+            "content-type": "application/scim+json",
+            **extra,
+        }
 
     async def get(self, path: str, **params: Any) -> httpx.Response:
         return await self.http.get(self.base + path, params=params, headers=self.headers())

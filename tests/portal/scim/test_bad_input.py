@@ -42,24 +42,39 @@ async def test_wrong_schemas(scim: Scim) -> None:
     assert "must include" in problem(await scim.post("/Users", body), 400, "invalidValue")["detail"]
     patch = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "Operations": []}
     created = (await scim.post("/Users", user_body("b@example.com"))).json()
-    assert "PatchOp" in problem(await scim.patch(f"/Users/{created['id']}", patch), 400, "invalidValue")["detail"]
+    assert (
+        "PatchOp"
+        in problem(await scim.patch(f"/Users/{created['id']}", patch), 400, "invalidValue")["detail"]
+    )
     assert await ScimUser.count() == 1
 
 
 async def test_unknown_attributes_and_types(scim: Scim) -> None:
-    detail = problem(await scim.post("/Users", user_body("a@example.com", favouriteColour="blue")), 400, "invalidValue")
+    detail = problem(
+        await scim.post("/Users", user_body("a@example.com", favouriteColour="blue")), 400, "invalidValue"
+    )
     assert "favouriteColour" in detail["detail"]
-    detail = problem(await scim.post("/Users", user_body("a@example.com", name={"nick": "x"})), 400, "invalidValue")
+    detail = problem(
+        await scim.post("/Users", user_body("a@example.com", name={"nick": "x"})), 400, "invalidValue"
+    )
     assert "name.nick" in detail["detail"]
-    detail = problem(await scim.post("/Users", user_body("a@example.com", active="maybe")), 400, "invalidValue")
+    detail = problem(
+        await scim.post("/Users", user_body("a@example.com", active="maybe")), 400, "invalidValue"
+    )
     assert "active" in detail["detail"]
     detail = problem(await scim.post("/Users", user_body("a@example.com", userName="")), 400, "invalidValue")
     assert "userName is required" in detail["detail"]
     created = (await scim.post("/Users", user_body("b@example.com"))).json()
     bad_path = patch_body({"op": "replace", "path": "shoeSize", "value": "9"})
-    assert "shoeSize" in problem(await scim.patch(f"/Users/{created['id']}", bad_path), 400, "invalidPath")["detail"]
+    assert (
+        "shoeSize"
+        in problem(await scim.patch(f"/Users/{created['id']}", bad_path), 400, "invalidPath")["detail"]
+    )
     bad_op = patch_body({"op": "merge", "path": "title", "value": "x"})
-    assert "op must be" in problem(await scim.patch(f"/Users/{created['id']}", bad_op), 400, "invalidValue")["detail"]
+    assert (
+        "op must be"
+        in problem(await scim.patch(f"/Users/{created['id']}", bad_op), 400, "invalidValue")["detail"]
+    )
     read_only = patch_body({"op": "replace", "path": "id", "value": "x"})
     problem(await scim.patch(f"/Users/{created['id']}", read_only), 400, "mutability")
     assert await ScimUser.count() == 1
@@ -68,7 +83,7 @@ async def test_unknown_attributes_and_types(scim: Scim) -> None:
 @pytest.mark.parametrize(
     ("expression", "position"),
     [
-        ('userName eq', 11),
+        ("userName eq", 11),
         ('userName regex "x"', 9),
         ('userName eq "x" and', 19),
         ('(userName eq "x"', 16),
@@ -82,8 +97,14 @@ async def test_invalid_filters_name_the_position(scim: Scim, expression: str, po
 
 
 async def test_filters_on_unknown_or_mistyped_attributes(scim: Scim) -> None:
-    assert "shoeSize" in problem(await scim.get("/Users", filter='shoeSize eq "9"'), 400, "invalidFilter")["detail"]
-    assert "boolean" in problem(await scim.get("/Users", filter='active eq "yes"'), 400, "invalidFilter")["detail"]
+    assert (
+        "shoeSize"
+        in problem(await scim.get("/Users", filter='shoeSize eq "9"'), 400, "invalidFilter")["detail"]
+    )
+    assert (
+        "boolean"
+        in problem(await scim.get("/Users", filter='active eq "yes"'), 400, "invalidFilter")["detail"]
+    )
     problem(await scim.get("/Users", filter='meta.created gt "yesterday"'), 400, "invalidFilter")
     problem(await scim.get("/Groups", filter='userName eq "x"'), 400, "invalidFilter")
 
@@ -102,7 +123,9 @@ async def test_pages_are_capped_and_bad_numbers_refused(scim: Scim) -> None:
 
 
 async def test_page_size_cap_follows_the_setting(app: Any, settings: Any) -> None:
-    capped = type(settings)(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "scim_max_page_size": 2})
+    capped = type(settings)(
+        **{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "scim_max_page_size": 2}
+    )
     from portal.web.app import create_app
     from tests.conftest import serve
 
@@ -110,12 +133,22 @@ async def test_page_size_cap_follows_the_setting(app: Any, settings: Any) -> Non
     directory, token = await make_directory(org)
     for n in range(3):
         await ScimUser(
-            directory=directory.id, organization_id=org["id"], user_name=f"u{n}", user_name_key=f"u{n}", resource={"userName": f"u{n}"}
+            directory=directory.id,
+            organization_id=org["id"],
+            user_name=f"u{n}",
+            user_name_key=f"u{n}",
+            resource={"userName": f"u{n}"},
         ).save()
     async with serve(create_app(capped, engine=app.state.engine, policy=app.state.policy)) as http:
-        response = await http.get(f"/scim/v2/{directory.id}/Users?count=50", headers={"authorization": f"Bearer {token}"})
+        response = await http.get(
+            f"/scim/v2/{directory.id}/Users?count=50", headers={"authorization": f"Bearer {token}"}
+        )
         assert response.json()["itemsPerPage"] == 2 and response.json()["totalResults"] == 3
-        config = (await http.get(f"/scim/v2/{directory.id}/ServiceProviderConfig", headers={"authorization": f"Bearer {token}"})).json()
+        config = (
+            await http.get(
+                f"/scim/v2/{directory.id}/ServiceProviderConfig", headers={"authorization": f"Bearer {token}"}
+            )
+        ).json()
         assert config["filter"]["maxResults"] == 2
 
 
@@ -144,17 +177,23 @@ async def test_tokens(scim: Scim) -> None:
     await service.revoke_tokens(scim.directory, actor_id=None)
     problem(await scim.http.get(scim.base + "/Users", headers=scim.headers(new)), 401)
     # The other directory's token still opens the other directory only.
-    assert (await scim.http.get(f"/scim/v2/{other.id}/Users", headers=scim.headers(other_token))).status_code == 200
+    assert (
+        await scim.http.get(f"/scim/v2/{other.id}/Users", headers=scim.headers(other_token))
+    ).status_code == 200
 
 
 async def test_other_directory_ids_are_404(scim: Scim) -> None:
     other_org = await make_org(features=[Feature.SCIM])
     other, other_token = await make_directory(other_org)
     theirs = (
-        await scim.http.post(f"/scim/v2/{other.id}/Users", json=user_body("x@example.com"), headers=scim.headers(other_token))
+        await scim.http.post(
+            f"/scim/v2/{other.id}/Users", json=user_body("x@example.com"), headers=scim.headers(other_token)
+        )
     ).json()
     their_group = (
-        await scim.http.post(f"/scim/v2/{other.id}/Groups", json=group_body("G"), headers=scim.headers(other_token))
+        await scim.http.post(
+            f"/scim/v2/{other.id}/Groups", json=group_body("G"), headers=scim.headers(other_token)
+        )
     ).json()
     for call in (
         scim.get(f"/Users/{theirs['id']}"),
@@ -180,7 +219,10 @@ async def test_uniqueness(scim: Scim) -> None:
     second = (await scim.post("/Users", user_body("b@example.com"))).json()
     problem(await scim.put(f"/Users/{second['id']}", user_body("a@example.com")), 409, "uniqueness")
     problem(
-        await scim.patch(f"/Users/{second['id']}", patch_body({"op": "replace", "path": "userName", "value": "A@example.com"})),
+        await scim.patch(
+            f"/Users/{second['id']}",
+            patch_body({"op": "replace", "path": "userName", "value": "A@example.com"}),
+        ),
         409,
         "uniqueness",
     )
@@ -197,11 +239,17 @@ async def test_etags(scim: Scim) -> None:
     etag = created.headers["etag"]
     assert etag == created.json()["meta"]["version"] == 'W/"1"'
     uid = created.json()["id"]
-    stale = await scim.patch(f"/Users/{uid}", patch_body({"op": "replace", "path": "title", "value": "x"}), **{"if-match": 'W/"0"'})
+    stale = await scim.patch(
+        f"/Users/{uid}", patch_body({"op": "replace", "path": "title", "value": "x"}), **{"if-match": 'W/"0"'}
+    )
     problem(stale, 412)
-    fresh = await scim.patch(f"/Users/{uid}", patch_body({"op": "replace", "path": "title", "value": "x"}), **{"if-match": etag})
+    fresh = await scim.patch(
+        f"/Users/{uid}", patch_body({"op": "replace", "path": "title", "value": "x"}), **{"if-match": etag}
+    )
     assert fresh.status_code == 200 and fresh.headers["etag"] == 'W/"2"'
-    not_modified = await scim.http.get(scim.base + f"/Users/{uid}", headers=scim.headers(**{"if-none-match": 'W/"2"'}))
+    not_modified = await scim.http.get(
+        scim.base + f"/Users/{uid}", headers=scim.headers(**{"if-none-match": 'W/"2"'})
+    )
     assert not_modified.status_code == 304
     problem(await scim.delete(f"/Users/{uid}", **{"if-match": etag}), 412)
     assert (await scim.delete(f"/Users/{uid}", **{"if-match": 'W/"2"'})).status_code == 204
@@ -211,17 +259,23 @@ async def test_rate_limit_per_directory(app: Any, settings: Any) -> None:
     from portal.web.app import create_app
     from tests.conftest import serve
 
-    limited = type(settings)(**{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "scim_rate_limit": 3})
+    limited = type(settings)(
+        **{**{f: getattr(settings, f) for f in settings.__struct_fields__}, "scim_rate_limit": 3}
+    )
     org = await make_org(features=[Feature.SCIM])
     directory, token = await make_directory(org)
     other, other_token = await make_directory(org, "Other")
     async with serve(create_app(limited, engine=app.state.engine, policy=app.state.policy)) as http:
         codes = [
-            (await http.get(f"/scim/v2/{directory.id}/Users", headers={"authorization": f"Bearer {token}"})).status_code
+            (
+                await http.get(f"/scim/v2/{directory.id}/Users", headers={"authorization": f"Bearer {token}"})
+            ).status_code
             for _ in range(5)
         ]
         assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
-        refused = await http.get(f"/scim/v2/{directory.id}/Users", headers={"authorization": f"Bearer {token}"})
+        refused = await http.get(
+            f"/scim/v2/{directory.id}/Users", headers={"authorization": f"Bearer {token}"}
+        )
         assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
         ok = await http.get(f"/scim/v2/{other.id}/Users", headers={"authorization": f"Bearer {other_token}"})
         assert ok.status_code == 200
@@ -230,7 +284,11 @@ async def test_rate_limit_per_directory(app: Any, settings: Any) -> None:
 async def test_requests_are_logged_without_bodies(scim: Scim) -> None:
     await scim.post("/Users", user_body("secret-person@example.com"))
     await scim.get("/Users", filter="bogus")
-    rows = await ScimRequest.select().where(ScimRequest.directory_id == scim.directory.id).order_by(ScimRequest.id)
+    rows = (
+        await ScimRequest.select()
+        .where(ScimRequest.directory_id == scim.directory.id)
+        .order_by(ScimRequest.id)
+    )
     assert [(r["method"], r["status"]) for r in rows] == [("POST", 201), ("GET", 400)]
     assert rows[0]["path"] == "/Users" and rows[1]["detail"] == "invalidFilter"
     assert all("secret-person" not in r["path"] + r["detail"] for r in rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
@@ -25,7 +24,10 @@ async def people(scim: Scim) -> dict[str, str]:
                 {"value": "bjensen@example.com", "type": "work", "primary": True},
                 {"value": "babs@home.org", "type": "home"},
             ],
-            **{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENT], ENT: {"employeeNumber": "701"}},
+            **{
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENT],
+                ENT: {"employeeNumber": "701"},
+            },
         ),
         "john": user_body(
             "jsmith@example.com",
@@ -87,24 +89,47 @@ async def test_filters(scim: Scim, people: dict[str, str], expression: str, expe
 
 
 def test_filter_values_are_parameters() -> None:
-    sql = filters.to_sql("userName eq \"x' OR 1=1 --\" or title co \"%\"", filters.USER_TARGET, postgres=True)
+    sql = filters.to_sql('userName eq "x\' OR 1=1 --" or title co "%"', filters.USER_TARGET, postgres=True)
     assert "OR 1=1" not in sql.text and "%" not in sql.text
     assert "x' or 1=1 --" in sql.values and "%" in sql.values
 
 
 async def test_sort_page_and_attributes(scim: Scim, people: dict[str, str]) -> None:
     page = (await scim.get("/Users", sortBy="userName", sortOrder="descending")).json()
-    assert [r["userName"] for r in page["Resources"]] == ["nobody", "jsmith@example.com", "BJensen@example.com"]
+    assert [r["userName"] for r in page["Resources"]] == [
+        "nobody",
+        "jsmith@example.com",
+        "BJensen@example.com",
+    ]
     page = (await scim.get("/Users", sortBy="name.givenName")).json()
     assert [r["userName"] for r in page["Resources"]][-1] == "nobody"  # absent values sort last
     page = (await scim.get("/Users", sortBy="userName", startIndex="2", count="1")).json()
-    assert (page["totalResults"], page["itemsPerPage"], page["Resources"][0]["userName"]) == (3, 1, "jsmith@example.com")
+    assert (page["totalResults"], page["itemsPerPage"], page["Resources"][0]["userName"]) == (
+        3,
+        1,
+        "jsmith@example.com",
+    )
     one = (await scim.get(f"/Users/{people['barbara']}", attributes="userName,name.givenName")).json()
     assert set(one) == {"schemas", "id", "userName", "name"} and one["name"] == {"givenName": "Barbara"}
-    one = (await scim.get(f"/Users/{people['barbara']}", excludedAttributes=f"emails,{ENT}:employeeNumber,id")).json()
+    one = (
+        await scim.get(f"/Users/{people['barbara']}", excludedAttributes=f"emails,{ENT}:employeeNumber,id")
+    ).json()
     assert "emails" not in one and one["id"] == people["barbara"] and "employeeNumber" not in one.get(ENT, {})
-    searched = await scim.post("/Users/.search", {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"], "filter": 'userName eq "nobody"', "attributes": ["userName"]})
-    assert searched.json()["Resources"] == [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": people["nobody"], "userName": "nobody"}]
+    searched = await scim.post(
+        "/Users/.search",
+        {
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+            "filter": 'userName eq "nobody"',
+            "attributes": ["userName"],
+        },
+    )
+    assert searched.json()["Resources"] == [
+        {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "id": people["nobody"],
+            "userName": "nobody",
+        }
+    ]
 
 
 async def test_group_filters_and_members(scim: Scim, people: dict[str, str]) -> None:
@@ -115,7 +140,9 @@ async def test_group_filters_and_members(scim: Scim, people: dict[str, str]) -> 
     found = (await scim.get("/Groups", filter='displayName eq "guides"', excludedAttributes="members")).json()
     assert found["totalResults"] == 1 and "members" not in found["Resources"][0]
     user = (await scim.get(f"/Users/{people['john']}")).json()
-    assert user["groups"] == [{"value": group["id"], "$ref": group["meta"]["location"], "display": "Guides", "type": "direct"}]
+    assert user["groups"] == [
+        {"value": group["id"], "$ref": group["meta"]["location"], "display": "Guides", "type": "direct"}
+    ]
     found = (await scim.get("/Users", filter=f'groups.value eq "{group["id"]}"')).json()
     assert found["totalResults"] == 2
 
@@ -136,7 +163,12 @@ async def test_concurrent_patches_of_one_group_lose_no_member(scim: Scim) -> Non
 
     codes = await asyncio.gather(*(add(uid) for uid in ids[10:]), *(remove(uid) for uid in ids[:5]))
     assert set(codes) == {200}
-    stored = {r["member"] for r in await ScimGroupMember.select(ScimGroupMember.member).where(ScimGroupMember.group == group["id"])}
+    stored = {
+        r["member"]
+        for r in await ScimGroupMember.select(ScimGroupMember.member).where(
+            ScimGroupMember.group == group["id"]
+        )
+    }
     assert stored == set(ids[5:])
     final = (await scim.get(f"/Groups/{group['id']}")).json()
     assert len(final["members"]) == 35 and final["meta"]["version"] == f'W/"{1 + 35}"'
@@ -154,16 +186,22 @@ async def test_group_role_mapping_applies_on_every_change(scim: Scim, people: di
         from portal.core.tables import ScimUser
 
         row = await ScimUser.select(ScimUser.membership_id).where(ScimUser.id == people[key]).first()
-        member = await Membership.select(Membership.roles).where(Membership.id == row["membership_id"]).first().output(load_json=True)
+        member = (
+            await Membership.select(Membership.roles)
+            .where(Membership.id == row["membership_id"])
+            .first()
+            .output(load_json=True)
+        )
         return list(member["roles"])
 
     assert await roles("barbara") == ["admin", "member"]
     assert await roles("john") == ["member"]
-    await scim.patch(f"/Groups/{group['id']}", patch_body({"op": "add", "path": "members", "value": [{"value": people["john"]}]}))
+    await scim.patch(
+        f"/Groups/{group['id']}",
+        patch_body({"op": "add", "path": "members", "value": [{"value": people["john"]}]}),
+    )
     assert await roles("john") == ["admin", "member"]
     await scim.put(f"/Groups/{group['id']}", group_body("Admins", [people["john"]]))
     assert (await roles("barbara"), await roles("john")) == (["member"], ["admin", "member"])
     await scim.delete(f"/Groups/{group['id']}")
     assert await roles("john") == ["member"]
-
-

@@ -8,10 +8,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from portal.auth import sessions
-from portal.core.tables import AuditEvent, Domain, Membership, ScimGroupMember, ScimUser, Session, SessionEnd, User
+from portal.core.tables import (
+    AuditEvent,
+    Domain,
+    Membership,
+    ScimGroupMember,
+    ScimUser,
+    Session,
+    SessionEnd,
+    User,
+)
 from portal.scim import service
 from tests.factories import make_user
 from tests.portal.scim.conftest import Scim
@@ -48,7 +55,9 @@ class Replay:
             if "body" in step:
                 kwargs["content"] = json.dumps(self._fill(step["body"]))
             response = await self.scim.http.request(step["method"], path, **kwargs)
-            assert response.status_code == step["status"], f"{step['name']}: {response.status_code} {response.text}"
+            assert response.status_code == step["status"], (
+                f"{step['name']}: {response.status_code} {response.text}"
+            )
             if response.content:
                 assert response.headers["content-type"].startswith("application/scim+json")
             body = response.json() if response.content else None
@@ -60,7 +69,13 @@ class Replay:
 
 
 async def _verify_domain(org: dict[str, Any], domain: str) -> None:
-    await Domain(organization=org["id"], domain=domain, status="verified", verification_token="t", verified_domain=domain).save()
+    await Domain(
+        organization=org["id"],
+        domain=domain,
+        status="verified",
+        verification_token="t",
+        verified_domain=domain,
+    ).save()
 
 
 async def _membership(org: dict[str, Any], email: str) -> dict[str, Any] | None:
@@ -76,7 +91,11 @@ async def _membership(org: dict[str, Any], email: str) -> dict[str, Any] | None:
 
 
 async def _actions(org: dict[str, Any]) -> list[str]:
-    rows = await AuditEvent.select(AuditEvent.action).where(AuditEvent.organization_id == org["id"]).order_by(AuditEvent.at)
+    rows = (
+        await AuditEvent.select(AuditEvent.action)
+        .where(AuditEvent.organization_id == org["id"])
+        .order_by(AuditEvent.at)
+    )
     return [r["action"] for r in rows if r["action"].split(".")[1] in {"user", "group"}]
 
 
@@ -89,7 +108,11 @@ async def test_okta_provisioning(scim: Scim) -> None:
     created = await replay.until("create")
     assert created["userName"] == "dade.murphy@example.com" and "password" not in created
     user = await User.select().where(User.email == "dade.murphy@example.com").first()
-    assert (user["given_name"], user["family_name"], user["display_name"]) == ("Dade", "Murphy", "Dade Murphy")
+    assert (user["given_name"], user["family_name"], user["display_name"]) == (
+        "Dade",
+        "Murphy",
+        "Dade Murphy",
+    )
     member = await _membership(scim.org, "dade.murphy@example.com")
     assert member is not None
     assert (member["source"], member["status"], member["roles"]) == ("scim", "active", ["member"])
@@ -170,7 +193,10 @@ async def test_entra_provisioning(scim: Scim) -> None:
 
     await replay.until("group_lookup")
     group = await replay.until("group_create")
-    assert group["displayName"] == "displayName" and group["externalId"] == "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159"
+    assert (
+        group["displayName"] == "displayName"
+        and group["externalId"] == "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159"
+    )
     await replay.until("group_add")
     assert await ScimGroupMember.count().where(ScimGroupMember.group == group["id"]) == 1
     await replay.until("group_member_check")
@@ -206,7 +232,9 @@ async def test_unverified_domain_leaves_the_account_alone(scim: Scim) -> None:
         f"/Users/{created['id']}",
         {
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-            "Operations": [{"op": "replace", "path": "emails[primary eq true].value", "value": "mallory@evil.test"}],
+            "Operations": [
+                {"op": "replace", "path": "emails[primary eq true].value", "value": "mallory@evil.test"}
+            ],
         },
     )
     assert response.status_code == 200, response.text

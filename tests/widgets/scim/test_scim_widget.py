@@ -34,7 +34,9 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> PolicyEngine:
     directory = tmp_path_factory.mktemp("policy")
     for path in Path(POLICY_DIR).iterdir():
         shutil.copy(path, directory / path.name)
-    (directory / "zz_scim.csv").write_text("p, scim_reader, sk_org_scim_read\np, scim_reader, sk_org_users_read\n")
+    (directory / "zz_scim.csv").write_text(
+        "p, scim_reader, sk_org_scim_read\np, scim_reader, sk_org_users_read\n"
+    )
     return PolicyEngine.from_dir(directory)
 
 
@@ -67,8 +69,16 @@ async def world(db: Any) -> dict[str, Any]:
         people[key] = user
     directory, token = await make_directory(acme)
     other, other_token = await make_directory(globex, "Globex Entra")
-    return {"acme": acme, "globex": globex, "plain": plain, **people, "directory": directory, "token": token,
-            "other": other, "other_token": other_token}
+    return {
+        "acme": acme,
+        "globex": globex,
+        "plain": plain,
+        **people,
+        "directory": directory,
+        "token": token,
+        "other": other,
+        "other_token": other_token,
+    }
 
 
 async def csrf(client: httpx.AsyncClient) -> str:
@@ -78,7 +88,9 @@ async def csrf(client: httpx.AsyncClient) -> str:
     return match.group(1)
 
 
-async def post(client: httpx.AsyncClient, path: str, data: dict[str, Any] | None = None, headers: dict[str, str] = HTML) -> httpx.Response:
+async def post(
+    client: httpx.AsyncClient, path: str, data: dict[str, Any] | None = None, headers: dict[str, str] = HTML
+) -> httpx.Response:
     return await client.post(path, data={"_csrf_token": await csrf(client), **(data or {})}, headers=headers)
 
 
@@ -114,7 +126,9 @@ async def test_anonymous(client: httpx.AsyncClient, world: dict[str, Any], metho
     path = URL + suffix.format(id=world["directory"].id)
     if method == "GET":
         page = await client.get(path, headers=HTML)
-        assert page.status_code == 303 and page.headers["location"].startswith("/login?return_to=/ui/organization/scim")
+        assert page.status_code == 303 and page.headers["location"].startswith(
+            "/login?return_to=/ui/organization/scim"
+        )
         assert (await client.get(path, headers=JSON)).status_code == 401
     else:
         login = await client.get("/login", headers=HTML)
@@ -122,23 +136,31 @@ async def test_anonymous(client: httpx.AsyncClient, world: dict[str, Any], metho
         assert token
         page = await client.post(path, data={"_csrf_token": token.group(1)}, headers=HTML)
         assert page.status_code == 303 and page.headers["location"].startswith("/login")
-        assert (await client.post(path, data={"_csrf_token": token.group(1)}, headers=JSON)).status_code == 401
+        assert (
+            await client.post(path, data={"_csrf_token": token.group(1)}, headers=JSON)
+        ).status_code == 401
     assert await state(world) == before
 
 
 @pytest.mark.parametrize(("method", "suffix"), ROUTES)
 async def test_non_member(client: httpx.AsyncClient, world: dict[str, Any], method: str, suffix: str) -> None:
     before = await state(world)
-    await sign_in(client, world["gina"], world["acme"])  # Gina's session points at Acme, where she is no member
+    await sign_in(
+        client, world["gina"], world["acme"]
+    )  # Gina's session points at Acme, where she is no member
     response = await call(client, method, URL + suffix.format(id=world["directory"].id), JSON)
     assert response.status_code == 403 and response.json()["error"]["reason"] == "not_member"
     assert await state(world) == before
 
 
 @pytest.mark.parametrize(("method", "suffix"), ROUTES)
-async def test_member_without_the_permission(client: httpx.AsyncClient, world: dict[str, Any], method: str, suffix: str) -> None:
+async def test_member_without_the_permission(
+    client: httpx.AsyncClient, world: dict[str, Any], method: str, suffix: str
+) -> None:
     before = await state(world)
-    user, missing = (world["bob"], "sk_org_scim_read") if method == "GET" else (world["rita"], "sk_org_scim_manage")
+    user, missing = (
+        (world["bob"], "sk_org_scim_read") if method == "GET" else (world["rita"], "sk_org_scim_manage")
+    )
     await sign_in(client, user, world["acme"])
     response = await call(client, method, URL + suffix.format(id=world["directory"].id), JSON)
     assert response.status_code == 403
@@ -149,7 +171,9 @@ async def test_member_without_the_permission(client: httpx.AsyncClient, world: d
 
 
 @pytest.mark.parametrize(("method", "suffix"), ROUTES)
-async def test_organization_without_the_feature(client: httpx.AsyncClient, world: dict[str, Any], method: str, suffix: str) -> None:
+async def test_organization_without_the_feature(
+    client: httpx.AsyncClient, world: dict[str, Any], method: str, suffix: str
+) -> None:
     before = await state(world)
     await sign_in(client, world["paul"], world["plain"])
     response = await call(client, method, URL + suffix.format(id=world["directory"].id), JSON)
@@ -170,12 +194,21 @@ async def test_another_organizations_directory_is_not_found(
     assert world["other"].name not in response.text
 
 
-async def test_another_directorys_group_is_not_found(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_another_directorys_group_is_not_found(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     other_group = await _group(world["other"], "Globex admins")
     await sign_in(client, world["alice"], world["acme"])
-    response = await post(client, f"{URL}/{world['directory'].id}/groups/{other_group}", {"roles": "admin"}, JSON)
+    response = await post(
+        client, f"{URL}/{world['directory'].id}/groups/{other_group}", {"roles": "admin"}, JSON
+    )
     assert response.status_code == 404
-    row = await ScimDirectory.select(ScimDirectory.group_roles).where(ScimDirectory.id == world["other"].id).first().output(load_json=True)
+    row = (
+        await ScimDirectory.select(ScimDirectory.group_roles)
+        .where(ScimDirectory.id == world["other"].id)
+        .first()
+        .output(load_json=True)
+    )
     assert row["group_roles"] == {}
 
 
@@ -195,7 +228,9 @@ async def _user(directory: scim.Directory, email: str) -> str:
     return str(made["id"])
 
 
-async def test_admin_creates_a_directory_and_sees_the_token_once(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_admin_creates_a_directory_and_sees_the_token_once(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     await sign_in(client, world["alice"], world["acme"])
     created = await post(client, URL, {"name": "Okta production", "provider": "okta"})
     assert created.status_code == 303 and created.headers["cache-control"] == "no-store"
@@ -212,7 +247,9 @@ async def test_admin_creates_a_directory_and_sees_the_token_once(client: httpx.A
     stored = await ScimToken.select(ScimToken.token_hash).where(ScimToken.directory == directory_id)
     assert [r["token_hash"] for r in stored] == [scim.ids.hash_secret(token.group(1))]
     # The token works against the SCIM server; the page never shows it again.
-    api = await client.get(f"/scim/v2/{directory_id}/Users", headers={"authorization": f"Bearer {token.group(1)}"})
+    api = await client.get(
+        f"/scim/v2/{directory_id}/Users", headers={"authorization": f"Bearer {token.group(1)}"}
+    )
     assert api.status_code == 200
     again = await client.get(f"{URL}/{directory_id}", headers=HTML)
     assert token.group(1) not in again.text and "new-token" not in again.text
@@ -220,7 +257,9 @@ async def test_admin_creates_a_directory_and_sees_the_token_once(client: httpx.A
     assert "Okta production" in listing
 
 
-async def test_bad_directory_input_is_shown_next_to_the_field(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_bad_directory_input_is_shown_next_to_the_field(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     await sign_in(client, world["alice"], world["acme"])
     before = await state(world)
     page = await post(client, URL, {"name": "  ", "provider": "okta"})
@@ -232,7 +271,9 @@ async def test_bad_directory_input_is_shown_next_to_the_field(client: httpx.Asyn
     assert await state(world) == before
 
 
-async def test_rotate_keeps_the_old_token_for_the_overlap_then_revoke(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_rotate_keeps_the_old_token_for_the_overlap_then_revoke(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     await sign_in(client, world["alice"], world["acme"])
     d = world["directory"]
     rotated = await post(client, f"{URL}/{d.id}/rotate")
@@ -241,15 +282,23 @@ async def test_rotate_keeps_the_old_token_for_the_overlap_then_revoke(client: ht
     new = re.search(r'<code id="new-token">([^<]+)</code>', page.text).group(1)  # type: ignore[union-attr]
     assert "previous token keeps working for 24 hours" in text(page.text)
     for token in (world["token"], new):
-        assert (await client.get(f"/scim/v2/{d.id}/Users", headers={"authorization": f"Bearer {token}"})).status_code == 200
+        assert (
+            await client.get(f"/scim/v2/{d.id}/Users", headers={"authorization": f"Bearer {token}"})
+        ).status_code == 200
     revoked = await post(client, f"{URL}/{d.id}/revoke")
     assert revoked.status_code == 303
     for token in (world["token"], new):
-        assert (await client.get(f"/scim/v2/{d.id}/Users", headers={"authorization": f"Bearer {token}"})).status_code == 401
+        assert (
+            await client.get(f"/scim/v2/{d.id}/Users", headers={"authorization": f"Bearer {token}"})
+        ).status_code == 401
     # Globex's directory is untouched.
-    ok = await client.get(f"/scim/v2/{world['other'].id}/Users", headers={"authorization": f"Bearer {world['other_token']}"})
+    ok = await client.get(
+        f"/scim/v2/{world['other'].id}/Users", headers={"authorization": f"Bearer {world['other_token']}"}
+    )
     assert ok.status_code == 200
-    actions = [r["action"] for r in await AuditEvent.select(AuditEvent.action).where(AuditEvent.target == d.id)]
+    actions = [
+        r["action"] for r in await AuditEvent.select(AuditEvent.action).where(AuditEvent.target == d.id)
+    ]
     assert "scim.token.rotated" in actions and "scim.token.revoked" in actions
 
 
@@ -263,9 +312,12 @@ async def test_group_roles_apply_to_members_now(client: httpx.AsyncClient, world
     saved = await post(client, f"{URL}/{d.id}/groups/{gid}", {"roles": ["admin", "member"]})
     assert saved.status_code == 303
     user = await make_user_lookup("dana@acme.test")
-    member = await Membership.select(Membership.roles).where(
-        (Membership.user == user) & (Membership.organization == world["acme"]["id"])
-    ).first().output(load_json=True)
+    member = (
+        await Membership.select(Membership.roles)
+        .where((Membership.user == user) & (Membership.organization == world["acme"]["id"]))
+        .first()
+        .output(load_json=True)
+    )
     assert member["roles"] == ["admin", "member"]
     bad = await post(client, f"{URL}/{d.id}/groups/{gid}", {"roles": "emperor"})
     assert bad.status_code == 303
@@ -280,22 +332,40 @@ async def make_user_lookup(email: str) -> str:
     return str(row["id"])
 
 
-async def test_reader_sees_counts_and_requests_without_forms(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_reader_sees_counts_and_requests_without_forms(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     d = world["directory"]
     await _user(d, "erin@acme.test")
-    await client.get(f"/scim/v2/{d.id}/Users?filter=userName%20eq%20%22erin%40acme.test%22", headers={"authorization": f"Bearer {world['token']}"})
-    await client.post(f"/scim/v2/{d.id}/Users", content=b"{not json", headers={"authorization": f"Bearer {world['token']}"})
+    await client.get(
+        f"/scim/v2/{d.id}/Users?filter=userName%20eq%20%22erin%40acme.test%22",
+        headers={"authorization": f"Bearer {world['token']}"},
+    )
+    await client.post(
+        f"/scim/v2/{d.id}/Users", content=b"{not json", headers={"authorization": f"Bearer {world['token']}"}
+    )
     await sign_in(client, world["rita"], world["acme"])
     page = await client.get(f"{URL}/{d.id}", headers=HTML)
     assert page.status_code == 200
     body = text(page.text)
     assert re.search(r'data-count="users">1<', page.text) and re.search(r'data-count="groups">0<', page.text)
-    assert 'GET /Users?filter=userName eq "erin@acme.test"' in body and "400" in body and "invalidSyntax" in body
+    assert (
+        'GET /Users?filter=userName eq "erin@acme.test"' in body and "400" in body and "invalidSyntax" in body
+    )
     assert "{not json" not in page.text
-    assert "Rotate token" not in page.text and "Run self-test" not in page.text and "<form" not in page.text.split("</header>", 1)[-1].split("<footer", 1)[0].replace('form method="post" action="/logout"', "")
+    assert (
+        "Rotate token" not in page.text
+        and "Run self-test" not in page.text
+        and "<form"
+        not in page.text.split("</header>", 1)[-1]
+        .split("<footer", 1)[0]
+        .replace('form method="post" action="/logout"', "")
+    )
 
 
-async def test_self_test_runs_a_round_trip_and_shows_each_step(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_self_test_runs_a_round_trip_and_shows_each_step(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     d = world["directory"]
     await sign_in(client, world["alice"], world["acme"])
     response = await post(client, f"{URL}/{d.id}/self-test")
@@ -310,7 +380,9 @@ async def test_self_test_runs_a_round_trip_and_shows_each_step(client: httpx.Asy
     assert await ScimToken.count().where(ScimToken.directory == d.id) == 1  # its own token too
 
 
-async def test_widget_is_listed_only_with_the_feature(client: httpx.AsyncClient, world: dict[str, Any]) -> None:
+async def test_widget_is_listed_only_with_the_feature(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
     await sign_in(client, world["alice"], world["acme"])
     assert 'href="/ui/organization/scim"' in (await client.get("/ui/", headers=HTML)).text
     await sign_in(client, world["paul"], world["plain"])
