@@ -46,7 +46,10 @@ async def test_scim2_tester_every_check_passes(portal: str, tmp_path: Path) -> N
     # The checker is synchronous and the server is another process: run it off the event loop.
     import asyncio
 
-    results = await asyncio.to_thread(check_server, client)
+    try:
+        results = await asyncio.to_thread(check_server, client)
+    finally:
+        http.close()
     failed = [r for r in results if r.status not in (Status.SUCCESS, Status.SKIPPED)]
     report = "\n".join(f"{r.status.name} {r.title}: {r.reason}" for r in failed)
     (tmp_path / "results.txt").write_text("\n".join(f"{r.status.name} {r.title}" for r in results))
