@@ -514,6 +514,8 @@ async def _link(
     domain_ok = bool(email) and email.rsplit("@", 1)[1] in verified
     user_id = row.get("user_id")
     updates: dict[str, Any] = {}
+    #: The account this call created (it has no membership yet, and its names are known).
+    created: dict[str, Any] | None = None
     if user_id:
         user = await User.select().where(User.id == user_id).first()
         if user is None:
@@ -546,6 +548,7 @@ async def _link(
                 "user.created", target=new.id, details={"source": "scim", "directory_id": directory.id}
             )
             user_id = new.id
+            created = {"email": email, **names}
         else:
             user_id = user["id"]
             if domain_ok:
@@ -554,16 +557,18 @@ async def _link(
     if user_id is None:
         updates["membership_id"] = None
         return updates
-    membership = (
-        await Membership.select()
-        .where((Membership.organization == directory.organization_id) & (Membership.user == user_id))
-        .first()
-        .output(load_json=True)
-    )
+    membership = None
+    if created is None:
+        membership = (
+            await Membership.select()
+            .where((Membership.organization == directory.organization_id) & (Membership.user == user_id))
+            .first()
+            .output(load_json=True)
+        )
     if membership is None:
         known = set(known_roles)
         roles = sorted(r for r in directory.default_roles if r in known)
-        updates["membership_id"] = await _add_membership(directory, user_id, roles, active)
+        updates["membership_id"] = await _add_membership(directory, user_id, roles, active, created)
         updates["base_roles"] = roles
     elif membership["id"] != row.get("membership_id"):
         updates["membership_id"] = membership["id"]
@@ -571,13 +576,16 @@ async def _link(
     return updates
 
 
-async def _add_membership(directory: Directory, user_id: str, roles: list[str], active: bool) -> str:
-    """A membership with source ``scim`` (what ``accounts.add_member`` writes, in two queries instead of five)."""
-    user = (
-        await User.select(User.email, User.display_name, User.given_name, User.family_name)
-        .where(User.id == user_id)
-        .first()
-    )
+async def _add_membership(
+    directory: Directory, user_id: str, roles: list[str], active: bool, user: dict[str, Any] | None
+) -> str:
+    """A membership with source ``scim`` (what ``accounts.add_member`` writes, in fewer queries)."""
+    if user is None:
+        user = (
+            await User.select(User.email, User.display_name, User.given_name, User.family_name)
+            .where(User.id == user_id)
+            .first()
+        )
     keys = accounts.member_keys(user or {})
     membership = Membership(
         organization=directory.organization_id,
