@@ -4,8 +4,9 @@ the same run (uvicorn, one worker each; bench/members.py's harness).
 1. A directory with 100,000 users (inserted in bulk): ``GET /Users?filter=userName eq "..."`` for random
    users, one at a time over keep-alive: p50/p99 (target p99 < 50 ms), and a 100-user page of that directory.
 2. Throughput, the same requests against both servers (each with an empty directory of its own first):
-   create (POST /Users, a new user each), PATCH (replace title and displayName of the users just created)
-   and list (GET /Users?count=50), with ``--connections`` keep-alive connections for ``--seconds`` each.
+   create (POST /Users, a new user each, ``--creates`` of them or ``--seconds``, whichever ends first, so that
+   both hold about as many users), PATCH (replace title and displayName of the users just created) and list
+   (GET /Users?count=50) for ``--seconds`` each, over ``--connections`` keep-alive connections.
    The portal does its full work per request (bearer token, rate limit, request log, membership of the
    organization per created user); the reference keeps everything in memory without authentication.
 3. The ratios portal / reference (target >= 2).
@@ -270,8 +271,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "portal",
             args.seconds,
             args.connections,
+            args.creates,
         )
-        theirs = await workloads(reference_port, "/v2", {}, "reference", args.seconds, args.connections)
+        theirs = await workloads(
+            reference_port, "/v2", {}, "reference", args.seconds, args.connections, args.creates
+        )
         ratios = {
             k: round(ours[k]["rps"] / theirs[k]["rps"], 2) if theirs[k]["rps"] else None
             for k in ("create", "patch", "list")
@@ -303,6 +307,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--creates", type=int, default=400, help="users each server creates (then PATCH, list)"
+    )
     parser.add_argument("--serve-reference", type=int, default=None)
     args = parser.parse_args()
     if args.serve_reference is not None:
