@@ -173,12 +173,15 @@ async def drive(
 
 
 async def workloads(
-    port: int, base: str, headers: dict[str, str], tag: str, seconds: float, connections: int
+    port: int, base: str, headers: dict[str, str], tag: str, seconds: float, connections: int, creates: int
 ) -> dict[str, Any]:
-    """create, then PATCH the created users, then list: the same requests for either server."""
+    """create (at most ``creates`` users, so both servers then hold as many), then PATCH the created users,
+    then list: the same requests for either server."""
     created: list[bytes] = []
 
-    def create(i: int) -> bytes:
+    def create(i: int) -> bytes | None:
+        if i >= creates:
+            return None
         body = {
             "schemas": [USER],
             "userName": f"{tag}-{i}@bench.example",
