@@ -243,3 +243,41 @@ async def test_unverified_domain_leaves_the_account_alone(scim: Scim) -> None:
     assert account["email"] == "carol@elsewhere.test"
     stored = await ScimUser.select().where(ScimUser.id == created["id"]).first()
     assert stored["user_id"] == person["id"]
+
+
+async def test_deactivation_locks_the_member_out_at_once_and_reactivation_restores(scim: Scim) -> None:
+    """What the person sees: the organization's pages open before, are refused right after ``active: false``."""
+    from tests.factories import sign_in
+
+    created = (await scim.post("/Users", {**_body("frank@acme.test")})).json()
+    person = await User.select().where(User.email == "frank@acme.test").first()
+    browser = scim.http
+    await sign_in(browser, person, scim.org)
+    json_accept = {"accept": "application/json"}
+    assert (await browser.get("/ui/organization/members", headers=json_accept)).status_code == 200
+    deactivate = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": "active", "value": "False"}],
+    }
+    assert (await scim.patch(f"/Users/{created['id']}", deactivate)).status_code == 200
+    refused = await browser.get("/ui/organization/members", headers=json_accept)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["reason"] == "not_member"
+    reactivate = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "value": {"active": True}}],
+    }
+    assert (await scim.patch(f"/Users/{created['id']}", reactivate)).status_code == 200
+    await sign_in(browser, person, scim.org)
+    assert (await browser.get("/ui/organization/members", headers=json_accept)).status_code == 200
+    assert (await scim.delete(f"/Users/{created['id']}")).status_code == 204
+    gone = await browser.get("/ui/organization/members", headers=json_accept)
+    assert gone.status_code == 403
+
+
+def _body(email: str) -> dict[str, Any]:
+    return {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": email,
+        "emails": [{"value": email, "primary": True}],
+    }
