@@ -53,6 +53,7 @@ bench: install
 	$(PY) bench/load.py
 	$(PY) bench/api.py
 	$(PY) bench/webhooks.py
+	$(PY) bench/scim.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

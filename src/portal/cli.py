@@ -20,6 +20,7 @@ from portal.core.settings import Settings, SettingsError, ensure_secret_key, loa
 from portal.oidc import cli as oidc_cli
 from portal.web.forms import FormErrors
 from portal.webhooks import cli as webhooks_cli
+from portal.scim import cli as scim_cli
 
 T = TypeVar("T")
 
@@ -427,6 +428,7 @@ main.add_command(oidc_cli.client)  # issue 10: portal client ...
 main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
 main.add_command(api_cli.api_key)  # issue 11: portal api-key ...
 main.add_command(webhooks_cli.webhook)  # issue 11: portal webhook ...
+main.add_command(scim_cli.scim_group)  # issue 13: portal scim create|rotate|revoke
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import hashlib
 import hmac
 import secrets
 
-PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr"})
+PREFIXES = frozenset(
+    {"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr", "scd", "sct", "scu", "scg"}
+)
 
 
 def new_id(prefix: str) -> str:
@@ -75,3 +77,20 @@ def sso_connection_id() -> str:
 
 def sso_request_id() -> str:
     return new_id("ssr")
+
+
+# --- issue 13: scim
+def scim_directory_id() -> str:
+    return new_id("scd")
+
+
+def scim_token_id() -> str:
+    return new_id("sct")
+
+
+def scim_user_id() -> str:
+    return new_id("scu")
+
+
+def scim_group_id() -> str:
+    return new_id("scg")

@@ -124,6 +124,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_timeout: Seconds = 10
     # --- end issue 11: webhooks
 
+    # --- issue 13: scim
+    #: How long a SCIM directory's previous token keeps working after a rotation.
+    scim_token_overlap: Seconds = 24 * 3600
+    #: Requests per second one SCIM directory may make (IdPs push in bursts; over it: 429 with Retry-After).
+    scim_rate_limit: Annotated[int, msgspec.Meta(ge=1)] = 50
+    #: Largest ``count`` one page of a SCIM list returns (``ServiceProviderConfig`` says so too).
+    scim_max_page_size: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 200
+    # --- end issue 13: scim
+
     def __post_init__(self) -> None:
         # --- issue 16: newuser
         if not self.database_url:

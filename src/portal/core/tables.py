@@ -562,6 +562,24 @@ class WebhookEndpoint(Table, tablename="webhook_endpoint"):
     disabled_at = Timestamptz(null=True, default=None)
     #: Start of the current run of failed attempts; cleared by a success.
     failing_since = Timestamptz(null=True, default=None)
+
+
+# --- issue 13: scim ---------------------------------------------------------------------------------------
+class ScimDirectory(Table, tablename="scim_directory"):
+    """An organization's SCIM 2.0 directory: its IdP pushes users and groups to ``/scim/v2/<id>/`` (DESIGN §16)."""
+
+    #: ``scd_…``
+    id = Varchar(length=40, primary_key=True, default=ids.scim_directory_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
+    name = Varchar(length=200)
+    #: The guide it was set up with: ``okta``, ``entra``, ``jumpcloud``, ``onelogin`` or ``generic``.
+    provider = Varchar(length=40, default="generic")
+    #: SCIM group id → role keys: ``{"scg_…": ["admin"]}``; members get the union of their groups' roles.
+    group_roles = JSON(default={})
+    #: Roles of a member the directory creates (before any group maps more).
+    default_roles = JSON(default=["member"])
+    #: Last self-test: ``{"ok": bool, "at": iso, "steps": [{"name", "ok", "detail"}]}``.
+    self_test = JSON(default={})
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 
@@ -619,6 +637,95 @@ class WebhookAttempt(Table, tablename="webhook_attempt"):
 
 
 # --- end issue 11: webhooks
+class ScimToken(Table, tablename="scim_token"):
+    """A directory's bearer token (``portal_scim_…``); only its SHA-256 is stored."""
+
+    #: ``sct_…``
+    id = Varchar(length=40, primary_key=True, default=ids.scim_token_id)
+    directory = ForeignKey(references=ScimDirectory, on_delete=OnDelete.cascade, null=False, index=True)
+    #: SHA-256 of the token.
+    token_hash = Varchar(length=64, unique=True)
+    #: The first characters of the token, to tell tokens apart in the widget.
+    hint = Varchar(length=24, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: Set when it was rotated (it works until then) or revoked (now).
+    expires_at = Timestamptz(null=True, default=None)
+    last_used_at = Timestamptz(null=True, default=None)
+
+
+class ScimUser(Table, tablename="scim_user"):
+    """A SCIM User of a directory: the resource as the IdP sent it, and the membership it is linked to."""
+
+    #: ``scu_…``: the SCIM ``id``.
+    id = Varchar(length=40, primary_key=True, default=ids.scim_user_id)
+    directory = ForeignKey(references=ScimDirectory, on_delete=OnDelete.cascade, null=False)
+    organization_id = Varchar(length=40)
+    #: ``userName`` as sent.
+    user_name = Varchar(length=320)
+    #: ``userName`` lowercased (caseExact false): unique per directory, and what ``userName eq`` searches.
+    user_name_key = Varchar(length=320)
+    external_id = Varchar(length=320, null=True, default=None)
+    active = Boolean(default=True)
+    #: The primary email, normalized (empty when the resource has none usable).
+    email = Varchar(length=320, default="")
+    #: The attributes as stored and returned (JSON object, without ``id``, ``meta`` and ``groups``).
+    resource = JSON(default={})
+    #: The portal user its email links to, and that user's membership in the organization.
+    user_id = Varchar(length=40, null=True, default=None, index=True)
+    membership_id = Varchar(length=40, null=True, default=None)
+    #: Roles of the membership apart from what groups map (set when created or linked).
+    base_roles = JSON(default=[])
+    #: ``meta.version``: bumped by every change.
+    version = Integer(default=1)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class ScimGroup(Table, tablename="scim_group"):
+    """A SCIM Group of a directory; its members are rows of :class:`ScimGroupMember`."""
+
+    #: ``scg_…``
+    id = Varchar(length=40, primary_key=True, default=ids.scim_group_id)
+    directory = ForeignKey(references=ScimDirectory, on_delete=OnDelete.cascade, null=False)
+    organization_id = Varchar(length=40)
+    display_name = Varchar(length=320)
+    #: ``displayName`` lowercased: unique per directory.
+    display_name_key = Varchar(length=320)
+    external_id = Varchar(length=320, null=True, default=None)
+    #: Other attributes as stored (JSON object, without ``members``).
+    resource = JSON(default={})
+    version = Integer(default=1)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class ScimGroupMember(Table, tablename="scim_group_member"):
+    """One member of a SCIM group: a row each, so concurrent PATCHes add and remove without losing any."""
+
+    id = BigSerial(primary_key=True)
+    group = ForeignKey(references=ScimGroup, on_delete=OnDelete.cascade, null=False)
+    member = ForeignKey(references=ScimUser, on_delete=OnDelete.cascade, null=False, index=True)
+    #: ``display`` as the IdP sent it with the member (returned as sent; empty if none).
+    display = Varchar(length=320, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
+class ScimRequest(Table, tablename="scim_request"):
+    """A request a directory received (no bodies): the widget lists a directory's last 100."""
+
+    id = BigSerial(primary_key=True)
+    directory_id = Varchar(length=40)
+    method = Varchar(length=10)
+    #: The path below the directory's base URL, with the query.
+    path = Varchar(length=1000)
+    status = Integer()
+    #: ``scimType`` or a short reason for an error response.
+    detail = Varchar(length=200, default="")
+    duration_ms = Integer(default=0)
+    at = Timestamptz(default=TimestamptzNow())
+
+
+# --- end issue 13: scim
 
 
 TABLES: tuple[type[Table], ...] = (
@@ -649,6 +756,12 @@ TABLES: tuple[type[Table], ...] = (
     WebhookEvent,
     WebhookDelivery,
     WebhookAttempt,
+    ScimDirectory,  # issue 13: scim
+    ScimToken,
+    ScimUser,
+    ScimGroup,
+    ScimGroupMember,
+    ScimRequest,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

@@ -22,7 +22,7 @@ from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine, PolicyError
-from portal import api, oidc
+from portal import api, oidc, scim
 from portal.auth import login, passkey_login
 from portal.core import db, logs
 from portal.core.settings import Settings, ensure_secret_key
@@ -160,6 +160,7 @@ def create_app(
             *oidc.HANDLERS,  # issue 10: OpenID Provider
             *sso_routes.HANDLERS,  # issue 12: sso
             *api.HANDLERS,  # issue 11: management API
+            *scim.HANDLERS,  # issue 13: scim
             *registry.handlers(),
         ],
         guards=[policy_guard],

@@ -18,7 +18,7 @@ from portal.core import db
 from portal.core.settings import Settings
 
 #: Paths that never need a session; skipping them saves the session query.
-UNAUTHENTICATED_PREFIXES = ("/static/", "/healthz", "/readyz")
+UNAUTHENTICATED_PREFIXES = ("/static/", "/healthz", "/readyz", "/scim/v2/")  # SCIM: bearer tokens (issue 13)
 
 
 @dataclass(slots=True)
