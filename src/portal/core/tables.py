@@ -418,6 +418,14 @@ class SsoConnection(Table, tablename="sso_connection"):
     default_roles = JSON(default=["member"])
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+    # issue 12: sso widget (portal_0014)
+    #: The SP's RSA key for signed AuthnRequests, sealed (purpose ``sso.sp_signing_key``).
+    sp_private_key = Text(default="")
+    #: The SP's self-signed certificate (PEM) published in its metadata when requests are signed.
+    sp_certificate = Text(default="")
+    #: Last "Test connection" that reached the ACS or callback, and whether it passed.
+    tested_at = Timestamptz(null=True, default=None)
+    test_ok = Boolean(default=False)
 
 
 class SsoRequest(Table, tablename="sso_request"):
@@ -481,4 +489,5 @@ TABLES: tuple[type[Table], ...] = (
 SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
     (OidcKey, "private_jwk", "oidc-signing-key"),  # issue 10: oidc
     (SsoConnection, "oidc_client_secret", "sso.oidc_client_secret"),  # issue 12: sso
+    (SsoConnection, "sp_private_key", "sso.sp_signing_key"),  # issue 12: sso widget
 ]

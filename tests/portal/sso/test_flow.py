@@ -97,7 +97,7 @@ async def test_sp_initiated_sign_in_creates_a_session_and_a_jit_member(
     assert replay.status_code == 400
     assert "already used" in replay.text or "answers no pending sign-in" in replay.text
     assert await Session.count().where(Session.active_organization == org["id"]) == 1
-    failed = await AuditEvent.select().where(AuditEvent.action == "login.failed").output(load_json=True)
+    failed = await AuditEvent.select().where(AuditEvent.action == "sso.login.failed").output(load_json=True)
     assert failed[-1]["details"]["reason"] in {"replay", "in_response_to"}
 
 
