@@ -31,6 +31,7 @@ JOB_MODULES: tuple[str, ...] = (
     "portal.auth.maintenance",
     "portal.auth.jobs",
     "portal.oidc.logout",  # issue 10: back-channel logout
+    "widgets.sso.jobs",  # issue 12: metadata refresh, certificate warnings
 )
 
 
