@@ -391,3 +391,381 @@ async def test_create_an_oidc_connection_and_its_secret_is_sealed_never_shown(
     assert crypto.unseal(settings, "sso.oidc_client_secret", again["oidc_client_secret"]) == b"s3cr3t-value"
     updated = await audit("sso.connection.updated")
     assert "s3cr3t-value" not in str(updated)
+
+
+# --- the IdP's settings ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def draft(client: httpx.AsyncClient, world: dict[str, Any]) -> dict[str, Any]:
+    await sign_in(client, world["alice"], world["acme"])
+    await flash_after(client, await post(client, URL, {"guide": "generic-saml", "name": "Acme IdP"}))
+    [row] = await rows(world["acme"]["id"])
+    return row
+
+
+async def test_idp_by_fields(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], tmp_path: Path
+) -> None:
+    path = f"{URL}/{draft['id']}/idp"
+    bad = await post(
+        client,
+        path,
+        {
+            "source": "fields",
+            "idp_sso_url": "javascript:alert(1)",
+            "idp_entity_id": "",
+            "idp_certificate": "not a certificate",
+        },
+    )
+    assert bad.status_code == 400
+    assert field_error(bad.text, "idp_sso_url") == "The URL must start with http:// or https://."
+    assert field_error(bad.text, "idp_entity_id") == "Enter the IdP's entity id (Issuer)."
+    assert field_error(bad.text, "idp_certificate") == "This is not a PEM X.509 certificate."
+    assert 'class="error-summary"' in bad.text
+    [row] = await rows(world["acme"]["id"])
+    assert row["idp_sso_url"] == "" and await audit("sso.connection.updated") == []
+    _, _, pem = make_certificate(tmp_path, "fields", days=200)
+    message, page = await flash_after(
+        client,
+        await post(
+            client,
+            path,
+            {
+                "source": "fields",
+                "idp_sso_url": "https://idp.example.com/sso",
+                "idp_entity_id": "https://idp.example.com",
+                "idp_certificate": pem,
+            },
+        ),
+    )
+    assert message == "ok: IdP settings saved."
+    [row] = await rows(world["acme"]["id"])
+    assert (
+        row["idp_sso_url"] == "https://idp.example.com/sso"
+        and row["idp_entity_id"] == "https://idp.example.com"
+    )
+    assert row["certificate_expires_at"] is not None
+    assert "CN=fields, valid until" in text(page)
+    assert "Not ready yet" not in page and "Test connection" in page
+
+
+async def test_idp_by_metadata_file(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], tmp_path: Path
+) -> None:
+    path = f"{URL}/{draft['id']}/idp"
+    metadata, pem = idp_metadata(tmp_path)
+    message, _ = await flash_after(
+        client,
+        await post(
+            client, path, {"source": "upload"}, files={"metadata_file": ("idp.xml", metadata, "text/xml")}
+        ),
+    )
+    assert message == "ok: Metadata uploaded."
+    [row] = await rows(world["acme"]["id"])
+    assert row["idp_entity_id"] == "https://idp.example.test/saml/metadata"
+    assert row["idp_sso_url"] == "https://idp.example.test/saml/sso"
+    assert saml.load_certificate(row["idp_certificate"]) == saml.load_certificate(pem)
+    [updated] = await audit("sso.connection.updated")
+    assert updated["details"]["idp"] == "upload"
+
+
+BAD_METADATA = [
+    (b"<md:EntityDescriptor", "The metadata is not well-formed XML"),
+    (
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>',
+        "The metadata contains a DTD or entity declarations, which are refused.",
+    ),
+    (
+        b'<!DOCTYPE lol [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><x>&b;</x>',
+        "The metadata contains a DTD or entity declarations, which are refused.",
+    ),
+    (b"<x>" + b"a" * (1024 * 1024 + 10) + b"</x>", "The metadata is larger than 1 MB."),
+    (b'<r xmlns="urn:other"/>', "This is not SAML metadata (no EntityDescriptor)."),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), BAD_METADATA)
+async def test_bad_metadata_files_are_refused_next_to_the_field(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], body: bytes, expected: str
+) -> None:
+    path = f"{URL}/{draft['id']}/idp"
+    page = await post(
+        client, path, {"source": "upload"}, files={"metadata_file": ("idp.xml", body, "text/xml")}
+    )
+    assert page.status_code == 400
+    assert field_error(page.text, "metadata_file").startswith(expected)
+    # Pasted instead of uploaded: the same.
+    pasted = await post(client, path, {"source": "upload", "metadata_xml": body.decode()}, headers=JSON)
+    assert pasted.status_code == 400
+    assert pasted.json()["error"]["fields"][0]["key"] == "metadata_file"
+    [row] = await rows(world["acme"]["id"])
+    assert row["idp_sso_url"] == "" and row["idp_certificate"] == ""
+    assert await audit("sso.connection.updated") == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/metadata",
+        "https://10.1.2.3/md",
+        "https://[::1]/md",
+        "https://169.254.169.254/latest",
+    ],
+)
+async def test_private_metadata_urls_are_refused(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], url: str
+) -> None:
+    page = await post(client, f"{URL}/{draft['id']}/idp", {"source": "url", "idp_metadata_url": url})
+    assert page.status_code == 400
+    assert "a private or local address; use a public address." in field_error(page.text, "idp_metadata_url")
+    [row] = await rows(world["acme"]["id"])
+    assert row["idp_metadata_url"] == "" and row["idp_sso_url"] == ""
+
+
+async def test_http_metadata_url_is_refused(client: httpx.AsyncClient, draft: dict[str, Any]) -> None:
+    page = await post(
+        client, f"{URL}/{draft['id']}/idp", {"source": "url", "idp_metadata_url": "http://idp.example.com/md"}
+    )
+    assert field_error(page.text, "idp_metadata_url") == "The URL must start with https://."
+
+
+class MetadataServer:
+    """Serves one document over HTTP on loopback (what the SSRF rule allows only with the setting on)."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        import http.server
+        import threading
+
+        owner = self
+        self.body, self.status, self.hits = body, status, 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                owner.hits += 1
+                self.send_response(owner.status)
+                self.send_header("content-type", "application/xml")
+                self.send_header("content-length", str(len(owner.body)))
+                self.end_headers()
+                self.wfile.write(owner.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metadata"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def lab_settings(settings: Settings) -> Settings:
+    import msgspec
+
+    return msgspec.structs.replace(
+        settings, sso_allow_private_addresses=True, sso_metadata_refresh_interval=60
+    )
+
+
+async def test_metadata_url_is_fetched_now_and_again_by_the_cron(
+    lab_settings: Settings, world: dict[str, Any], tmp_path: Path, db: Any, policy: Any, registry: Any
+) -> None:
+    from portal.core import clock
+    from portal.web.app import create_app
+    from tests.conftest import serve
+    from widgets.sso import service
+
+    metadata, first_pem = idp_metadata(tmp_path, days=365)
+    server = MetadataServer(metadata)
+    try:
+        app = create_app(lab_settings, engine=db, policy=policy, registry=registry)
+        async with serve(app) as client:
+            await sign_in(client, world["alice"], world["acme"])
+            await flash_after(client, await post(client, URL, {"guide": "okta"}))
+            [row] = await rows(world["acme"]["id"])
+            message, page = await flash_after(
+                client,
+                await post(
+                    client, f"{URL}/{row['id']}/idp", {"source": "url", "idp_metadata_url": server.url}
+                ),
+            )
+            assert message == "ok: Metadata fetched from the URL; it is fetched again on a schedule."
+            assert server.hits == 1
+            [row] = await rows(world["acme"]["id"])
+            assert (
+                row["idp_metadata_url"] == server.url
+                and row["idp_sso_url"] == "https://idp.example.test/saml/sso"
+            )
+            # Not due yet: nothing fetched.
+            assert await service.refresh_metadata(lab_settings) == {"fetched": 0, "failed": 0}
+            # Due, and the IdP rotated its certificate: the cron picks the new one up.
+            await SsoConnection.update(
+                {SsoConnection.metadata_fetched_at: clock.utcnow().replace(year=2000)}
+            ).where(SsoConnection.id == row["id"])
+            server.body, new_pem = idp_metadata(tmp_path, days=20)
+            assert await service.refresh_metadata(lab_settings) == {"fetched": 1, "failed": 0}
+            [row] = await rows(world["acme"]["id"])
+            assert saml.load_certificate(row["idp_certificate"]) == saml.load_certificate(new_pem)
+            # The IdP breaks: the last good values stay, the error shows on the page.
+            await SsoConnection.update(
+                {SsoConnection.metadata_fetched_at: clock.utcnow().replace(year=2000)}
+            ).where(SsoConnection.id == row["id"])
+            server.status = 500
+            assert await service.refresh_metadata(lab_settings) == {"fetched": 0, "failed": 1}
+            [after] = await rows(world["acme"]["id"])
+            assert after["idp_certificate"] == row["idp_certificate"]
+            page = (await client.get(f"{URL}/{row['id']}", headers=HTML)).text
+            assert "Last fetch failed: The metadata URL answered HTTP 500." in text(page)
+            # The new certificate expires within 30 days: warned on the page and audited once.
+            assert "expires on" in text(page) and "sso-cert-warning" in page
+            assert await service.warn_certificates() == 1
+            assert await service.warn_certificates() == 0
+            [warning] = await audit("sso.certificate.expiring")
+            assert warning["target"] == row["id"] and warning["organization_id"] == world["acme"]["id"]
+            listing = (await client.get(URL, headers=HTML)).text
+            assert "Expires soon" in listing
+    finally:
+        server.close()
+
+
+# --- settings, life cycle, enforcement -------------------------------------------------------------------
+
+
+async def configure(client: httpx.AsyncClient, connection_id: str, tmp_path: Path) -> None:
+    metadata, _ = idp_metadata(tmp_path)
+    await flash_after(
+        client,
+        await post(
+            client,
+            f"{URL}/{connection_id}/idp",
+            {"source": "upload"},
+            files={"metadata_file": ("idp.xml", metadata, "text/xml")},
+        ),
+    )
+
+
+async def test_settings_mapping_and_roles_checked_against_the_policy(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any]
+) -> None:
+    path = f"{URL}/{draft['id']}/settings"
+    form = {
+        "name": "Acme IdP",
+        "map_email": "mail",
+        "group_roles": "Engineering = admin\nSales = wizard",
+        "default_roles": "member",
+        "allow_idp_initiated": "on",
+    }
+    bad = await post(client, path, form)
+    assert bad.status_code == 400
+    assert field_error(bad.text, "group_roles").startswith("Line 2: wizard: not a role of the policy")
+    bad = await post(
+        client, path, {**form, "group_roles": "no equals sign", "default_roles": "", "map_groups": "a b"}
+    )
+    assert field_error(bad.text, "group_roles") == "Line 1: write it as Group name = role, role."
+    assert field_error(bad.text, "default_roles").startswith("Name at least one role")
+    assert field_error(bad.text, "map_groups") == "An attribute name has no spaces or invisible characters."
+    [row] = await rows(world["acme"]["id"])
+    assert row["group_roles"] == {} and row["allow_idp_initiated"] is False
+    good = {**form, "group_roles": "Engineering = admin\n  Sales Team =member , admin"}
+    message, page = await flash_after(client, await post(client, path, good))
+    assert message == "ok: Settings saved."
+    [row] = await rows(world["acme"]["id"])
+    assert row["group_roles"] == {"Engineering": ["admin"], "Sales Team": ["member", "admin"]}
+    assert row["attribute_mapping"] == {"email": "mail"}
+    assert row["allow_idp_initiated"] is True and row["sign_requests"] is False
+    assert "Sales Team = member, admin" in page
+
+
+async def test_signed_requests_put_the_sp_certificate_in_the_metadata(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], tmp_path: Path
+) -> None:
+    sp_metadata = await client.get(f"/sso/saml/{draft['id']}/metadata")
+    assert b"X509Certificate" not in sp_metadata.content
+    await flash_after(
+        client,
+        await post(
+            client,
+            f"{URL}/{draft['id']}/settings",
+            {"name": "Acme IdP", "sign_requests": "on", "default_roles": "member"},
+        ),
+    )
+    signed = await client.get(f"/sso/saml/{draft['id']}/metadata")
+    root = saml.parse_xml(signed.content, "metadata")
+    descriptor = root.find("md:SPSSODescriptor", saml.NS)
+    assert descriptor.get("AuthnRequestsSigned") == "true"
+    cert = root.find(".//ds:X509Certificate", saml.NS).text
+    assert saml.load_certificate(cert) == saml.load_certificate(draft["sp_certificate"])
+
+
+async def test_draft_active_inactive_and_enforce(
+    client: httpx.AsyncClient, world: dict[str, Any], draft: dict[str, Any], tmp_path: Path
+) -> None:
+    base = f"{URL}/{draft['id']}"
+    message, _ = await flash_after(client, await post(client, f"{base}/activate"))
+    assert message.startswith("error: Acme IdP cannot be activated yet: it needs the IdP's SSO URL")
+    message, _ = await flash_after(client, await post(client, f"{URL}/enforce", {"enforced": "on"}))
+    assert message == "error: Activate a connection before enforcing SSO."
+    await configure(client, draft["id"], tmp_path)
+    message, page = await flash_after(client, await post(client, f"{base}/activate"))
+    assert message == "ok: Acme IdP is active."
+    assert '<span class="badge ok">Active</span>' in page
+    message, page = await flash_after(client, await post(client, f"{URL}/enforce", {"enforced": "on"}))
+    assert message == "ok: SSO is enforced: people at your verified domains sign in through your IdP."
+    assert "Break-glass rule:" in text(page) and "sk_org_sso_manage" in page
+    org = (
+        await Organization.select(Organization.sso_enforced)
+        .where(Organization.id == world["acme"]["id"])
+        .first()
+    )
+    assert org["sso_enforced"] is True
+    # The last active connection cannot go while SSO is enforced.
+    message, _ = await flash_after(client, await post(client, f"{base}/deactivate"))
+    assert message == "error: Turn Enforce SSO off first: it is the organization's last active connection."
+    message, _ = await flash_after(client, await post(client, f"{base}/delete"))
+    assert message.startswith("error: Turn Enforce SSO off first")
+    await flash_after(client, await post(client, f"{URL}/enforce", {"enforced": ""}))
+    message, _ = await flash_after(client, await post(client, f"{base}/deactivate"))
+    assert message == "ok: Acme IdP is inactive: nobody signs in through it."
+    message, listing = await flash_after(client, await post(client, f"{base}/delete"))
+    assert message == "ok: Acme IdP deleted."
+    assert await rows(world["acme"]["id"]) == []
+    actions = [
+        e["action"]
+        for e in await AuditEvent.select().where(AuditEvent.action.like("sso.%")).order_by(AuditEvent.at)
+    ]
+    assert actions == [
+        "sso.connection.created",
+        "sso.connection.updated",
+        "sso.connection.activated",
+        "sso.enforcement.updated",
+        "sso.enforcement.updated",
+        "sso.connection.deactivated",
+        "sso.connection.deleted",
+    ]
+
+
+async def test_read_only_view(client: httpx.AsyncClient, world: dict[str, Any], tmp_path: Path) -> None:
+    _, _, pem = make_certificate(tmp_path, "ro")
+    connection = await add_connection(
+        world["acme"],
+        name="Acme Okta",
+        idp_sso_url="https://idp.example.com/sso",
+        idp_certificate=pem,
+        group_roles={"Engineering": ["admin"]},
+        oidc_client_secret="",
+    )
+    await sign_in(client, world["vic"], world["acme"])
+    listing = await client.get(URL, headers=HTML)
+    assert listing.status_code == 200 and "Acme Okta" in listing.text
+    assert (
+        "Add a connection" not in listing.text and 'action="/ui/organization/sso/enforce"' not in listing.text
+    )
+    page = await client.get(f"{URL}/{connection['id']}", headers=HTML)
+    assert page.status_code == 200
+    assert "Engineering → admin" in text(page.text)
+    assert 'action="/ui/organization/sso/' not in page.text
+    assert "Only members who can manage single sign-on can change this connection." in page.text
