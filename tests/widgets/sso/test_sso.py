@@ -541,7 +541,7 @@ class MetadataServer:
         self.body, self.status, self.hits = body, status, 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.hits += 1
                 self.send_response(owner.status)
                 self.send_header("content-type", "application/xml")
