@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import httpx
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import DecodeError, JoseError
 from joserfc.jwk import KeySet
 
 from portal.core import outbound
@@ -214,6 +214,8 @@ def verify_id_token(
         raise SsoProblem("oidc_id_token", f"The IdP's JWKS is unusable ({exc}).") from None
     try:
         token = jwt.decode(id_token, key_set, algorithms=list(ALGORITHMS))
+    except DecodeError:
+        raise SsoProblem("oidc_id_token", "The ID token is not a well-formed JWT.") from None
     except JoseError as exc:
         raise SsoProblem(
             "oidc_signature", f"The ID token's signature does not verify with the IdP's keys ({exc.error})."
