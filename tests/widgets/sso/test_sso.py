@@ -579,7 +579,7 @@ async def test_metadata_url_is_fetched_now_and_again_by_the_cron(
     from tests.conftest import serve
     from widgets.sso import service
 
-    metadata, first_pem = idp_metadata(tmp_path, days=365)
+    metadata, _first_pem = idp_metadata(tmp_path, days=365)
     server = MetadataServer(metadata)
     try:
         app = create_app(lab_settings, engine=db, policy=policy, registry=registry)
@@ -730,7 +730,7 @@ async def test_draft_active_inactive_and_enforce(
     await flash_after(client, await post(client, f"{URL}/enforce", {"enforced": ""}))
     message, _ = await flash_after(client, await post(client, f"{base}/deactivate"))
     assert message == "ok: Acme IdP is inactive: nobody signs in through it."
-    message, listing = await flash_after(client, await post(client, f"{base}/delete"))
+    message, _listing = await flash_after(client, await post(client, f"{base}/delete"))
     assert message == "ok: Acme IdP deleted."
     assert await rows(world["acme"]["id"]) == []
     actions = [
