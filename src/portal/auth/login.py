@@ -471,7 +471,13 @@ async def request_code(request: Request[Any, Any, Any], data: URLEncodedBody[Ema
         # Home realm discovery: the domain is verified by an organization with an active connection.
         if realm.enforced and len(realm.connections) == 1:
             target = sso.login_path(realm.connections[0]) + "?" + urlencode({"return_to": return_to})
-            return Redirect(target, status_code=303)
+            # Not a redirect: the IdP is another origin, and this form's redirect chain is held to its CSP.
+            return render(
+                request,
+                "portal/sso_continue.html",
+                location=target,
+                heading=f"{realm.organization['display_name']} signs in with single sign-on",
+            )
         return render(
             request,
             "portal/login_sso.html",

@@ -184,18 +184,21 @@ async def oidc_login(
 def oidc_redirect(settings: Settings, url: str, browser: str) -> Response[Any]:
     """Redirect to the IdP and give this browser the cookie its callback must bring back."""
     response: Response[Any] = Redirect(url, status_code=303)
-    response.set_cookie(
-        Cookie(
-            key=BROWSER_COOKIE,
-            value=browser,
-            path="/sso/oidc/",
-            max_age=int(service.REQUEST_TTL.total_seconds()),
-            httponly=True,
-            secure=settings.secure,
-            samesite="lax",
-        )
-    )
+    response.set_cookie(browser_cookie(settings, browser))
     return response
+
+
+def browser_cookie(settings: Settings, browser: str) -> Cookie:
+    """The cookie binding an OIDC sign-in to the browser that started it (checked at the callback)."""
+    return Cookie(
+        key=BROWSER_COOKIE,
+        value=browser,
+        path="/sso/oidc/",
+        max_age=int(service.REQUEST_TTL.total_seconds()),
+        httponly=True,
+        secure=settings.secure,
+        samesite="lax",
+    )
 
 
 @get("/sso/oidc/{connection_id:str}/callback", opt=PUBLIC)

@@ -324,7 +324,7 @@ class SsoController(Controller):
             return _back(request, f"{URL}/{connection_id}", str(exc), "error")
         return _back(request, URL, f"{name} deleted.")
 
-    @post("/{connection_id:str}/test", opt=MANAGE, status_code=303)
+    @post("/{connection_id:str}/test", opt=MANAGE, status_code=200)
     async def test(self, request: Request[Any, Any, Any], connection_id: FromPath[str]) -> Response[Any]:
         """Test connection: a real sign-in at the IdP that ends on a result page and creates no session."""
         auth = require_auth(request)
@@ -335,6 +335,9 @@ class SsoController(Controller):
             raise NotFoundException(NO_SUCH) from None
         except service.Refused as exc:
             return _back(request, f"{URL}/{connection_id}", str(exc), "error")
+        # A page that moves on by itself, not a redirect: the form's redirect chain is held to its CSP
+        # (form-action 'self') and the IdP is another origin.
+        page = render(request, "portal/sso_continue.html", location=url, heading="Testing the connection")
         if browser is not None:
-            return sso_routes.oidc_redirect(settings, url, browser)
-        return Redirect(url, status_code=303)
+            page.set_cookie(sso_routes.browser_cookie(settings, browser))
+        return page

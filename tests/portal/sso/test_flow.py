@@ -161,3 +161,14 @@ async def test_an_inactive_connection_does_not_sign_in(
     response = await client.get(f"/sso/saml/{connection_id}/login", headers={"accept": "text/html"})
     assert response.status_code == 400 and "not active" in response.text
     assert (await client.get("/sso/saml/sso_nope/metadata")).status_code == 404
+
+
+def continue_url(response: httpx.Response) -> str:
+    """Where a "continue to your identity provider" page (meta refresh, after a form) moves on to."""
+    import html
+    import re
+
+    assert response.status_code == 200, response.text
+    match = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]+)">', response.text)
+    assert match, "no meta refresh"
+    return html.unescape(match.group(1))

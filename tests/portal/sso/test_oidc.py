@@ -24,6 +24,7 @@ from portal.core.tables import AuditEvent, Domain, Membership, Session, SsoConne
 from portal.sso import oidc
 from portal.sso.problems import SsoProblem
 from tests.factories import make_member, make_org, make_user, sign_in
+from tests.portal.sso.test_flow import continue_url
 
 pytestmark = [
     pytest.mark.db,
@@ -208,11 +209,10 @@ async def test_test_connection_shows_the_claims_and_creates_no_session(
     started = await client.post(
         f"/ui/organization/sso/{connection_id}/test", data={"_csrf_token": token.group(1)}, headers=HTML
     )
-    assert started.status_code == 303 and started.headers["location"].startswith(
-        f"{provider}/oauth2/authorize?"
-    )
+    assert continue_url(started).startswith(f"{provider}/oauth2/authorize?")
+    assert "portal_sso_browser=" in started.headers["set-cookie"]
     await set_user(provider, "grace-sub", {"email": "grace@acme.test", "groups": ["Admins", "Staff"]})
-    result = await client.get(await approve(started.headers["location"], "grace-sub"), headers=HTML)
+    result = await client.get(await approve(continue_url(started), "grace-sub"), headers=HTML)
     assert result.status_code == 200, result.text
     assert "The connection works" in result.text and "grace@acme.test" in result.text
     assert "<code>groups</code>" in result.text and "Admins, Staff" in result.text

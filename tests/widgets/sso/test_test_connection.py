@@ -16,7 +16,7 @@ from portal.core.settings import Settings
 from portal.core.tables import AuditEvent, Membership, Session, SsoConnection
 from portal.sso import saml
 from tests.factories import make_member, make_user, sign_in
-from tests.portal.sso.test_flow import post_acs, setup
+from tests.portal.sso.test_flow import continue_url, post_acs, setup
 from tests.samlidp import IDP_SSO_URL, SamlIdp, make_certificate
 
 pytestmark = pytest.mark.db
@@ -37,8 +37,8 @@ async def start_test(
     started = await client.post(
         f"/ui/organization/sso/{connection_id}/test", data={"_csrf_token": token.group(1)}, headers=HTML
     )
-    assert started.status_code == 303 and started.headers["location"].startswith(IDP_SSO_URL)
-    request_id = str(idp.parse_request(started.headers["location"]).message.id)
+    assert continue_url(started).startswith(IDP_SSO_URL)
+    request_id = str(idp.parse_request(continue_url(started)).message.id)
     return org, connection_id, idp, sp, request_id, admin
 
 
@@ -168,7 +168,7 @@ async def test_clock_skew(
     started = await client.post(
         f"/ui/organization/sso/{connection_id}/test", data={"_csrf_token": token.group(1)}, headers=HTML
     )
-    request_id = str(idp.parse_request(started.headers["location"]).message.id)
+    request_id = str(idp.parse_request(continue_url(started)).message.id)
     body = idp.respond(
         sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=request_id, email="ada@acme.test"
     )
