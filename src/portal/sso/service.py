@@ -118,8 +118,8 @@ async def fetch_idp_metadata(settings: Settings, url: str) -> saml.IdpMetadata:
 
 
 def pick(attributes: dict[str, list[str]], mapping: dict[str, str], key: str) -> list[str]:
-    """The values of one mapped field: the connection's attribute name, else the per-IdP defaults."""
-    names = (mapping[key],) if mapping.get(key) else DEFAULT_ATTRIBUTES[key]
+    """The values of one mapped field: the connection's attribute name first, then the common names."""
+    names = (mapping[key], *DEFAULT_ATTRIBUTES[key]) if mapping.get(key) else DEFAULT_ATTRIBUTES[key]
     for name in names:
         values = [v for v in attributes.get(name, []) if v]
         if values:
