@@ -433,3 +433,18 @@ async def realm_of(email: str) -> Realm | None:
 
 def login_path(connection: dict[str, Any]) -> str:
     return f"/sso/{connection['protocol']}/{connection['id']}/login"
+
+
+async def purge_expired(now: datetime | None = None) -> dict[str, int]:
+    """Delete sign-in requests a day past their expiry and assertion ids past theirs (replay can no longer
+    succeed: the assertion itself has expired)."""
+    moment = now or clock.utcnow()
+    requests = (
+        await SsoRequest.delete()
+        .where(SsoRequest.expires_at < moment - timedelta(days=1))
+        .returning(SsoRequest.id)
+    )
+    assertions = (
+        await SsoAssertion.delete().where(SsoAssertion.expires_at < moment).returning(SsoAssertion.id)
+    )
+    return {"requests": len(requests), "assertions": len(assertions)}

@@ -5,6 +5,8 @@
   the connection.
 - ``warn_sso_certificates``: hourly, audits ``sso.certificate.expiring`` once per IdP certificate that
   expires within 30 days (the widget shows the warning from the stored expiry at any time).
+- ``purge_sso_requests``: hourly, deletes sign-in requests a day past their expiry and remembered assertion
+  ids past theirs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from portal.jobs import JobContext, cron
+from portal.sso import service as sso
 from widgets.sso import service
 
 
@@ -25,3 +28,9 @@ async def refresh_sso_metadata(ctx: JobContext) -> dict[str, Any]:
 async def warn_sso_certificates(ctx: JobContext) -> int:
     """Audit the certificates that expire within 30 days (once each); returns how many."""
     return await service.warn_certificates()
+
+
+@cron("purge_sso_requests", interval=lambda settings: 3600)
+async def purge_sso_requests(ctx: JobContext) -> dict[str, int]:
+    """Delete expired SSO requests and assertion ids; returns the counts."""
+    return await sso.purge_expired()

@@ -187,3 +187,23 @@ async def test_missing_email_attribute(tmp_path: Path, settings: Settings, clien
         await service.outcome_of(row, "test", "/ui/", {"givenName": ["Ada"]}, "a1b2c3")
     assert caught.value.code == "missing_email"
     assert "Map an email attribute in the IdP" in caught.value.fix
+
+
+async def test_expired_requests_and_assertion_ids_are_purged(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import SsoAssertion, SsoRequest
+    from portal.jobs import registered_crons
+    from portal.sso import service
+
+    _, connection_id, idp, sp, request_id, _ = await start_test(client, tmp_path, settings)
+    body = idp.respond(
+        sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=request_id, email="ada@acme.test"
+    )
+    assert (await post_acs(client, sp, body)).status_code == 200
+    assert await SsoRequest.count() == 1 and await SsoAssertion.count() == 1
+    assert await service.purge_expired() == {"requests": 0, "assertions": 0}
+    later = clock.utcnow() + timedelta(days=2)
+    assert await service.purge_expired(later) == {"requests": 1, "assertions": 1}
+    assert await SsoRequest.count() == 0 and await SsoAssertion.count() == 0
+    assert "purge_sso_requests" in {job.name for job in registered_crons()}
