@@ -196,7 +196,7 @@ async def test_expired_requests_and_assertion_ids_are_purged(
     from portal.jobs import registered_crons
     from portal.sso import service
 
-    _, connection_id, idp, sp, request_id, _ = await start_test(client, tmp_path, settings)
+    _, _, idp, sp, request_id, _ = await start_test(client, tmp_path, settings)
     body = idp.respond(
         sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=request_id, email="ada@acme.test"
     )
