@@ -44,6 +44,7 @@ FIXES: dict[str, str] = {
     "oidc_audience": "The client id configured here must be the client id of the application in the IdP.",
     "oidc_nonce": "Start the sign-in again from the portal; the IdP must return the nonce it was sent.",
     "email_unverified": "Verify the user's email address in the IdP, or send a verified address.",
+    "feature": "Single sign-on is switched off for this organization: ask the app owner to enable it.",
     "ssrf": "The URL points at a private or loopback address, which the portal does not fetch.",
     "fetch": "The portal could not fetch the URL: check it is reachable from the portal's server.",
     "metadata_invalid": "Use the IdP's SAML metadata (an EntityDescriptor with an IDPSSODescriptor).",

@@ -58,6 +58,18 @@ async def get_connection(connection_id: str) -> dict[str, Any] | None:
     return row
 
 
+async def require_entitled(connection: dict[str, Any]) -> None:
+    """The connection's organization must have the ``sso`` feature (an app owner can turn it off)."""
+    row = (
+        await Organization.select(Organization.features)
+        .where(Organization.id == connection["organization"])
+        .output(load_json=True)
+        .first()
+    )
+    if row is None or "sso" not in (row["features"] or []):  # entitlement check
+        raise SsoProblem("feature", "Single sign-on is not enabled for this organization.")
+
+
 def service_provider(settings: Settings, connection_id: str) -> saml.ServiceProvider:
     return saml.ServiceProvider.of(settings.origin, connection_id)
 
@@ -66,6 +78,7 @@ async def start_saml(settings: Settings, connection: dict[str, Any], *, purpose:
     """Record a request and return the IdP URL that carries our AuthnRequest."""
     if connection["status"] != "active" and purpose == "login":
         raise SsoProblem("inactive", "This connection is not active.")
+    await require_entitled(connection)
     if not connection["idp_sso_url"]:
         raise SsoProblem("metadata_invalid", "The IdP's SSO URL is not configured yet.")
     now = clock.utcnow()
@@ -168,6 +181,7 @@ async def accept_saml(settings: Settings, connection_id: str, saml_response: str
     connection = await get_connection(connection_id)
     if connection is None or connection["protocol"] != "saml":
         raise SsoProblem("other_connection", "No such SAML connection.")
+    await require_entitled(connection)
     now = clock.utcnow()
     expected = saml.Expected(
         sp=service_provider(settings, connection_id),
@@ -291,6 +305,7 @@ async def start_oidc(
     the callback is accepted only in the browser holding that cookie."""
     if connection["status"] != "active" and purpose == "login":
         raise SsoProblem("inactive", "This connection is not active.")
+    await require_entitled(connection)
     if not connection["oidc_issuer"] or not connection["oidc_client_id"]:
         raise SsoProblem("oidc_discovery", "The issuer and client id are not configured yet.")
     provider = await oidc.discover(settings, connection["oidc_issuer"])
@@ -334,6 +349,7 @@ async def accept_oidc(
     connection = await get_connection(connection_id)
     if connection is None or connection["protocol"] != "oidc":
         raise SsoProblem("other_connection", "No such OIDC connection.")
+    await require_entitled(connection)
     now = clock.utcnow()
     request = await _claim_request(connection_id, state, now) if state else None
     if request is None:

@@ -172,3 +172,23 @@ def continue_url(response: httpx.Response) -> str:
     match = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]+)">', response.text)
     assert match, "no meta refresh"
     return html.unescape(match.group(1))
+
+
+async def test_an_organization_without_the_feature_signs_nobody_in(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import Organization
+
+    org, connection_id, idp, sp = await setup(tmp_path, settings)
+    request_id = await start(client, connection_id, idp)
+    body = idp.respond(
+        sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=request_id, email="ada@acme.test"
+    )
+    # The app owner switches SSO off for the organization between the request and the response.
+    await Organization.update({Organization.features: []}).where(Organization.id == org["id"])
+    refused = await post_acs(client, sp, body)
+    assert refused.status_code == 400
+    assert "Single sign-on is not enabled for this organization." in refused.text
+    assert await Session.count() == 0
+    start_again = await client.get(f"/sso/saml/{connection_id}/login")
+    assert start_again.status_code == 400
