@@ -123,6 +123,10 @@ async def test_enforced_sso_refuses_codes_except_break_glass(
     member = await make_user("bob@acme.test")
     await make_member(org, member, ["member"])
     await enforce(org)
+    page = await client.get("/login", headers=HTML)
+    assert 'href="/login?method=code">Single sign-on not working? Use an email code</a>' in page.text
+    break_glass = await client.get("/login?method=code", headers=HTML)
+    assert '<input type="hidden" name="method" value="code">' in break_glass.text
     # The break-glass link: a plain member gets the neutral answer and no email.
     refused = await enter_email(client, "bob@acme.test", method="code")
     assert refused.status_code == 303 and refused.headers["location"].startswith("/login/code?")
