@@ -379,7 +379,8 @@ class SsoConnection(Table, tablename="sso_connection"):
     organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
     #: ``saml`` or ``oidc``.
     protocol = Varchar(length=10)
-    #: The guide it was set up with: ``okta``, ``entra``, ``google``, ``jumpcloud``, ``onelogin``, ``saml``, ``oidc``.
+    #: The guide it was set up with (a guide key: ``okta``, ``entra-id``, ``google-workspace``, ``jumpcloud``,
+    #: ``onelogin``, ``generic-saml``, ``generic-oidc``, or an app owner's own guide).
     provider = Varchar(length=40, default="saml")
     name = Varchar(length=200)
     #: ``draft``, ``active`` or ``inactive``.

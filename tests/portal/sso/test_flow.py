@@ -192,3 +192,20 @@ async def test_an_organization_without_the_feature_signs_nobody_in(
     assert await Session.count() == 0
     start_again = await client.get(f"/sso/saml/{connection_id}/login")
     assert start_again.status_code == 400
+
+
+async def test_idp_initiated_sign_in_when_the_connection_allows_it(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    org, _connection_id, idp, sp = await setup(tmp_path, settings, allow_idp_initiated=True)
+    unsolicited = idp.respond(
+        sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=None, email="ada@acme.test"
+    )
+    response = await post_acs(client, sp, unsolicited)
+    assert response.status_code == 303 and response.headers["location"] == "/ui/"
+    assert await Session.count().where(Session.active_organization == org["id"]) == 1
+    # Still single use.
+    client.cookies.clear()
+    again = await post_acs(client, sp, unsolicited)
+    assert again.status_code == 400 and "already used" in again.text
+    assert await Session.count().where(Session.active_organization == org["id"]) == 1

@@ -632,6 +632,32 @@ async def test_metadata_url_is_fetched_now_and_again_by_the_cron(
         server.close()
 
 
+async def test_oversize_and_non_200_metadata_urls_are_refused(
+    lab_settings: Settings, world: dict[str, Any], db: Any, policy: Any, registry: Any
+) -> None:
+    from portal.web.app import create_app
+    from tests.conftest import serve
+
+    server = MetadataServer(b"<x>" + b"a" * (1024 * 1024 + 100) + b"</x>")
+    try:
+        app = create_app(lab_settings, engine=db, policy=policy, registry=registry)
+        async with serve(app) as client:
+            await sign_in(client, world["alice"], world["acme"])
+            await flash_after(client, await post(client, URL, {"guide": "okta"}))
+            [row] = await rows(world["acme"]["id"])
+            path = f"{URL}/{row['id']}/idp"
+            big = await post(client, path, {"source": "url", "idp_metadata_url": server.url})
+            assert big.status_code == 400
+            assert field_error(big.text, "idp_metadata_url") == "The metadata is larger than 1 MB."
+            server.status, server.body = 404, b"not here"
+            missing = await post(client, path, {"source": "url", "idp_metadata_url": server.url})
+            assert field_error(missing.text, "idp_metadata_url") == "The metadata URL answered HTTP 404."
+            [row] = await rows(world["acme"]["id"])
+            assert row["idp_metadata_url"] == "" and row["idp_sso_url"] == ""
+    finally:
+        server.close()
+
+
 # --- settings, life cycle, enforcement -------------------------------------------------------------------
 
 
