@@ -178,3 +178,20 @@ async def test_a_code_sent_before_enforcement_is_refused(
     assert refused.status_code == 403
     assert "Your organization requires single sign-on" in refused.text
     assert await Session.count().where(Session.user == bob["id"]) == 0
+
+
+async def test_enforced_with_two_connections_offers_both_and_only_the_break_glass_code(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import SsoConnection
+
+    org, first, _, _ = await setup(tmp_path, settings)
+    second = SsoConnection(organization=org["id"], protocol="oidc", name="Entra (OIDC)", status="active")
+    await second.save()
+    await enforce(org)
+    offer = await enter_email(client, "ada@acme.test")
+    assert offer.status_code == 200
+    assert f'href="/sso/saml/{first}/login?return_to=%2Fui%2F"' in offer.text
+    assert f'href="/sso/oidc/{second.id}/login?return_to=%2Fui%2F"' in offer.text
+    assert "Email me a code (administrators)" in offer.text and "Email me a code instead" not in offer.text
+    assert "requires single sign-on" in offer.text
