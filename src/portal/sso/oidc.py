@@ -244,6 +244,30 @@ def verify_id_token(
     return claims
 
 
+async def fetch_userinfo(settings: Settings, provider: Provider, access_token: str) -> dict[str, Any]:
+    """The userinfo endpoint's claims (read when the ID token carries no email)."""
+    try:
+        response = await outbound.request(
+            "GET",
+            provider.userinfo_endpoint,
+            allow_private=settings.sso_allow_private_addresses,
+            allow_http=settings.sso_allow_private_addresses,
+            headers={"authorization": f"Bearer {access_token}", "accept": "application/json"},
+            max_bytes=MAX_DOCUMENT,
+        )
+    except InvalidInput as exc:
+        raise SsoProblem("ssrf", f"The userinfo endpoint is refused: {exc.message}") from None
+    except (httpx.HTTPError, outbound.ResponseTooLarge) as exc:
+        raise SsoProblem("oidc_token", f"The userinfo endpoint could not be reached ({exc}).") from None
+    try:
+        document = json.loads(response.content)
+    except ValueError:
+        document = None
+    if response.status_code != 200 or not isinstance(document, dict):
+        raise SsoProblem("oidc_token", f"The userinfo endpoint answered HTTP {response.status_code}.")
+    return document
+
+
 async def fetch_jwks(settings: Settings, provider: Provider) -> dict[str, Any]:
     return await _get_json(settings, provider.jwks_uri, "JWKS", "oidc_discovery")
 

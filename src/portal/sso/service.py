@@ -383,6 +383,14 @@ async def accept_oidc(
         nonce=request["nonce"],
         skew=settings.sso_clock_skew,
     )
+    access_token = tokens.get("access_token")
+    if not claims.get("email") and provider.userinfo_endpoint and isinstance(access_token, str):
+        # Some IdPs (Entra ID without the optional claim) put the email only in userinfo. Its ``sub`` must be
+        # the ID token's (OIDC Core 5.3.2); the ID token's own claims win.
+        userinfo = await oidc.fetch_userinfo(settings, provider, access_token)
+        if userinfo.get("sub") != claims.get("sub"):
+            raise SsoProblem("oidc_id_token", "The userinfo answer is for another subject than the ID token.")
+        claims = {**userinfo, **claims}
     if claims.get("email_verified") is False:
         raise SsoProblem("email_unverified", "The IdP says this email address is not verified.")
     attributes = oidc.claims_as_attributes(claims)

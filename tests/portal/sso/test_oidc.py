@@ -284,3 +284,40 @@ def test_id_token_checks() -> None:
     )
     with pytest.raises(SsoProblem):
         verify(hs, {"keys": [secret.as_dict()]})
+
+
+async def test_the_email_is_read_from_userinfo_when_the_id_token_has_none(
+    settings: Settings, client: httpx.AsyncClient, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some IdPs leave the email out of the ID token. The provider's real userinfo answer is used, with a
+    ``sub`` check; we only drop the email from the real ID token's claims on their way in."""
+    org, connection_id = await setup(settings, provider)
+    await set_user(provider, "ada-sub", {"email": "ada@acme.test", "given_name": "Ada"})
+    real_verify = oidc.verify_id_token
+    seen: list[dict[str, Any]] = []
+
+    def without_email(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        claims = {k: v for k, v in real_verify(*args, **kwargs).items() if k != "email"}
+        seen.append(claims)
+        return claims
+
+    monkeypatch.setattr(oidc, "verify_id_token", without_email)
+    response = await client.get(
+        await approve(await start(client, connection_id, provider), "ada-sub"), headers=HTML
+    )
+    assert response.status_code == 303, response.text
+    assert seen and "email" not in seen[0]
+    member = await Membership.select().where(Membership.organization == org["id"]).first()
+    assert member["email"] == "ada@acme.test"
+
+    # A userinfo answer for another subject is refused.
+    async def other_subject(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"sub": "someone-else", "email": "eve@acme.test"}
+
+    monkeypatch.setattr(oidc, "fetch_userinfo", other_subject)
+    client.cookies.delete("portal_session")
+    refused = await client.get(
+        await approve(await start(client, connection_id, provider), "ada-sub"), headers=HTML
+    )
+    assert refused.status_code == 400
+    assert "another subject" in refused.text
