@@ -16,7 +16,7 @@ from litestar.params import FromPath, FromQuery, URLEncodedBody
 from litestar.response import Redirect, Template
 
 from policy import PolicyEngine
-from portal.auth import accounts, login
+from portal.auth import accounts, login, ratelimit
 from portal.core import db
 from portal.core.settings import Settings
 from portal.sso import saml, service
@@ -56,6 +56,8 @@ async def saml_login(
     connection = await service.get_connection(connection_id)
     if connection is None or connection["protocol"] != "saml":
         return error_response(request, 404, "No such SAML connection.")
+    if (refused := await _too_many_starts(request)) is not None:
+        return refused
     try:
         url = await service.start_saml(
             settings, connection, purpose="login", return_to=safe_return_to(return_to)
@@ -161,6 +163,20 @@ async def acs(
 
 
 BROWSER_COOKIE = "portal_sso_browser"
+#: Sign-ins one address may start per window (each writes a request row until it is purged).
+START_PER_IP = (60, 15 * 60)
+
+
+async def _too_many_starts(request: Request[Any, Any, Any]) -> Response[Any] | None:
+    result = await ratelimit.hit(f"sso.start.ip:{client_ip(request)}", *START_PER_IP)
+    if result.allowed:
+        return None
+    wait = ratelimit.describe_wait(result.retry_after_seconds)
+    response = error_response(
+        request, 429, "Too many single sign-on attempts from your network.", retry_after=wait
+    )
+    response.set_header("Retry-After", str(result.retry_after_seconds))
+    return response
 
 
 @get("/sso/oidc/{connection_id:str}/login", opt=PUBLIC)
@@ -172,6 +188,8 @@ async def oidc_login(
     connection = await service.get_connection(connection_id)
     if connection is None or connection["protocol"] != "oidc":
         return error_response(request, 404, "No such OIDC connection.")
+    if (refused := await _too_many_starts(request)) is not None:
+        return refused
     try:
         url, browser = await service.start_oidc(
             settings, connection, purpose="login", return_to=safe_return_to(return_to)

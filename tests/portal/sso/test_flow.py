@@ -209,3 +209,19 @@ async def test_idp_initiated_sign_in_when_the_connection_allows_it(
     again = await post_acs(client, sp, unsolicited)
     assert again.status_code == 400 and "already used" in again.text
     assert await Session.count().where(Session.active_organization == org["id"]) == 1
+
+
+async def test_starting_sign_ins_is_rate_limited_per_address(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import SsoRequest
+    from portal.sso.routes import START_PER_IP
+
+    _, connection_id, _, _ = await setup(tmp_path, settings)
+    limit, _window = START_PER_IP
+    for _ in range(limit):
+        assert (await client.get(f"/sso/saml/{connection_id}/login")).status_code == 303
+    refused = await client.get(f"/sso/saml/{connection_id}/login", headers={"accept": "text/html"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert "Too many single sign-on attempts" in refused.text
+    assert await SsoRequest.count() == limit
