@@ -321,3 +321,27 @@ async def test_the_email_is_read_from_userinfo_when_the_id_token_has_none(
     )
     assert refused.status_code == 400
     assert "another subject" in refused.text
+
+
+async def test_a_failing_oidc_test_is_recorded_with_the_fix(
+    settings: Settings, client: httpx.AsyncClient, provider: str
+) -> None:
+    import re
+
+    org, connection_id = await setup(settings, provider, status="draft", secret="wrong-secret")
+    admin = await make_user("root@acme.test")
+    await make_member(org, admin, ["admin"])
+    await sign_in(client, admin, org)
+    page = await client.get(f"/ui/organization/sso/{connection_id}", headers=HTML)
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token
+    started = await client.post(
+        f"/ui/organization/sso/{connection_id}/test", data={"_csrf_token": token.group(1)}, headers=HTML
+    )
+    result = await client.get(await approve(continue_url(started), "grace@acme.test"), headers=HTML)
+    assert result.status_code == 400
+    assert "The test failed" in result.text and "Check the client id and client secret" in result.text
+    row = await SsoConnection.select().where(SsoConnection.id == connection_id).first()
+    assert row["test_ok"] is False and row["tested_at"] is not None
+    [failed] = await AuditEvent.select().where(AuditEvent.action == "sso.login.failed").output(load_json=True)
+    assert failed["details"]["test"] is True and failed["details"]["reason"] == "oidc_token"
