@@ -1,6 +1,7 @@
 """An administrator sets up SAML single sign-on in Chromium from the guide, against an independent pysaml2
 IdP (reached through Playwright's network routing as https://idp.example.test), tests the connection,
-activates it; then a user signs in through home realm discovery. Screenshots of the widget, a guide and the
+activates it; then a user signs in through home realm discovery, and once SSO is enforced another goes from
+the email form straight to the IdP. Screenshots of the widget, a guide and the
 test result."""
 
 from __future__ import annotations
@@ -138,6 +139,25 @@ async def test_set_up_test_activate_and_sign_in_through_home_realm_discovery(
     await expect(user_page.get_by_text("grace@acme.test").first).to_be_attached()
     member = await Membership.select().where(Membership.email == "grace@acme.test").first()
     assert member is not None and member["source"] == "sso" and member["organization"] == acme["id"]
-    assert csp_violations == []
     await visitor.close()
+
+    # 7. Enforce SSO: the next person goes from the email form straight to the IdP (a meta-refresh page
+    #    leaves the form, whose redirect chain the browser holds to CSP form-action 'self').
+    await page.goto(f"{server.url}/ui/organization/sso")
+    await page.get_by_role("button", name="Enforce SSO").click()
+    await expect(page.locator(".flash")).to_contain_text("SSO is enforced")
+    users["email"] = "lin@acme.test"
+    enforced = await browser.new_context(viewport={"width": 1280, "height": 900})
+    await enforced.route("https://idp.example.test/**", answer)
+    lin = await enforced.new_page()
+    lin.on(
+        "console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None
+    )
+    await lin.goto(f"{server.url}/login")
+    await lin.get_by_label("Email address").fill("lin@acme.test")
+    await lin.get_by_role("button", name="Continue", exact=True).click()
+    await expect(lin).to_have_url(f"{server.url}/ui/")
+    assert await Membership.count().where(Membership.email == "lin@acme.test") == 1
+    assert csp_violations == []
+    await enforced.close()
     await context.close()
