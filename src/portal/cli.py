@@ -18,9 +18,9 @@ from portal.core import db, logs
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
 from portal.oidc import cli as oidc_cli
+from portal.scim import cli as scim_cli
 from portal.web.forms import FormErrors
 from portal.webhooks import cli as webhooks_cli
-from portal.scim import cli as scim_cli
 
 T = TypeVar("T")
 

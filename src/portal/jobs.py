@@ -35,6 +35,7 @@ JOB_MODULES: tuple[str, ...] = (
     "portal.auth.jobs",
     "portal.oidc.logout",  # issue 10: back-channel logout
     "portal.webhooks.delivery",  # issue 11: webhook deliveries
+    "widgets.sso.jobs",  # issue 12: metadata refresh, certificate warnings
 )
 
 

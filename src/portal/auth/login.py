@@ -20,12 +20,13 @@ from litestar.params import FromQuery, URLEncodedBody
 from litestar.response import Redirect
 from piccolo.columns.combination import WhereRaw
 
-from policy import PolicyEngine
+from policy import Permission, PolicyEngine
 from portal.auth import accounts, codes, passkeys, ratelimit, sessions
 from portal.core import mail
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
 from portal.core.tables import Membership, Organization, User
+from portal.sso import service as sso
 from portal.web import flash
 from portal.web.guard import ENDED_MESSAGES, auth_of, require_auth
 from portal.web.http import error_response
@@ -47,6 +48,9 @@ class EmailForm(msgspec.Struct):
     email: str = ""
     return_to: str = ""
     organization: str = ""
+    #: ``code``: an email code even where the domain signs in with SSO (the offer's "Email me a code
+    #: instead", or the break-glass link when SSO is enforced).
+    method: str = ""
 
 
 class CodeForm(msgspec.Struct):
@@ -260,6 +264,42 @@ async def join(
     return organization
 
 
+# --- single sign-on: home realm discovery and Enforce SSO (DESIGN §15) ----------------------------------
+
+
+async def holds_sso_manage(user_id: str | None, organization: dict[str, Any], policy: PolicyEngine) -> bool:
+    """The break-glass rule: an active member holding ``sk_org_sso_manage`` there keeps email codes."""
+    if user_id is None:
+        return False
+    row = (
+        await Membership.select(Membership.roles)
+        .where(
+            (Membership.user == user_id)
+            & (Membership.organization == organization["id"])
+            & (Membership.status == "active")
+        )
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        return False
+    features = organization.get("features") or []
+    return bool(policy.decide(row["roles"] or [], features, Permission.SSO_MANAGE))
+
+
+async def sso_refuses(
+    email: str, user_id: str | None, policy: PolicyEngine, *, method: str
+) -> sso.Realm | None:
+    """The realm whose Enforce SSO refuses ``method`` (``email_code`` or ``passkey``) for this email, or None.
+    Email codes stay open to break-glass holders; passkeys do not."""
+    realm = await sso.realm_of(email)
+    if realm is None or not realm.enforced:
+        return None
+    if method == AUTH_METHOD and await holds_sso_manage(user_id, realm.organization, policy):
+        return None
+    return realm
+
+
 def code_mail(settings: Settings, code: str) -> tuple[str, str]:
     """Subject and text of the sign-in code email."""
     minutes = codes.DEFAULT_TTL_SECONDS // 60
@@ -307,6 +347,7 @@ def _login_page(
     error: str | None = None,
     notice: str | None = None,
     status_code: int = 200,
+    method: str = "",
 ) -> Response[Any]:
     return render(
         request,
@@ -317,6 +358,7 @@ def _login_page(
         notice=notice,
         return_to=return_to,
         organization=organization,
+        method="code" if method == "code" else "",
         # Passkey sign-in (portal.passkey_login): offered when the public URL has a host name.
         passkeys_available=passkeys.available(request.app.state.settings),
     )
@@ -379,6 +421,7 @@ async def login_page(
     prompt: FromQuery[str | None] = None,
     login_hint: FromQuery[str | None] = None,
     ended: FromQuery[str | None] = None,
+    method: FromQuery[str | None] = None,
 ) -> Response[Any]:
     """The branded sign-in page: one email field. ``prompt=login`` (an app asking the user to sign in again,
     OIDC) shows it even with a live session; ``login_hint`` pre-fills the address."""
@@ -391,6 +434,7 @@ async def login_page(
         organization=_organization_ref(organization),
         email=(login_hint or "").strip()[:320],
         notice="You have been signed out." if signed_out == "1" else ENDED_MESSAGES.get(ended or ""),
+        method=method or "",
     )
     settings: Settings = request.app.state.settings
     if request.cookies.get(sessions.cookie_name(settings)):
@@ -423,7 +467,35 @@ async def request_code(request: Request[Any, Any, Any], data: URLEncodedBody[Ema
     )
     if refused is not None:
         return _too_many(request, refused, "Too many sign-in codes were requested.")
+    realm = await sso.realm_of(email)
+    if realm is not None and data.method != "code":
+        # Home realm discovery: the domain is verified by an organization with an active connection.
+        if realm.enforced and len(realm.connections) == 1:
+            target = sso.login_path(realm.connections[0]) + "?" + urlencode({"return_to": return_to})
+            # Not a redirect: the IdP is another origin, and this form's redirect chain is held to its CSP.
+            return render(
+                request,
+                "portal/sso_continue.html",
+                location=target,
+                heading=f"{realm.organization['display_name']} signs in with single sign-on",
+            )
+        return render(
+            request,
+            "portal/login_sso.html",
+            realm=realm,
+            email=email,
+            return_to=return_to,
+            organization=organization,
+            return_query=urlencode({"return_to": return_to}),
+            login_path=sso.login_path,
+        )
     user, allowed = await may_receive_code(email)
+    reason = "unknown_email"
+    if allowed and realm is not None and realm.enforced:
+        policy: PolicyEngine = request.app.state.policy
+        if not await holds_sso_manage(user["id"] if user else None, realm.organization, policy):
+            # Enforce SSO: no code, and the same answer as for an unknown address (who is an admin stays private).
+            allowed, reason = False, "sso_enforced"
     challenge_id, code = await codes.issue_code(
         email, "login", user_id=user["id"] if user else None, ip=ip, details={"delivered": allowed}
     )
@@ -434,7 +506,7 @@ async def request_code(request: Request[Any, Any, Any], data: URLEncodedBody[Ema
         await accounts.audit(
             "login.failed",
             target=email,
-            details={"reason": "unknown_email", "challenge_id": challenge_id},
+            details={"reason": reason, "challenge_id": challenge_id},
             ip=ip,
         )
     return Redirect(
@@ -512,6 +584,21 @@ async def submit_code(request: Request[Any, Any, Any], data: URLEncodedBody[Code
             organization=organization,
             ended=result.status,
             status_code=400,
+        )
+    policy: PolicyEngine = request.app.state.policy
+    existing = await accounts.find_user(challenge["email"])
+    if await sso_refuses(
+        challenge["email"], existing["id"] if existing else None, policy, method=AUTH_METHOD
+    ):
+        # A code sent before the organization enforced SSO.
+        await _failed(challenge["email"], ip, "sso_enforced", challenge["id"])
+        return _code_page(
+            request,
+            challenge=challenge,
+            return_to=return_to,
+            organization=organization,
+            error="Your organization requires single sign-on: start again and continue with your identity provider.",
+            status_code=403,
         )
     signed_in = await sign_in(
         challenge["email"],

@@ -97,6 +97,21 @@ async def passkey_sign_in(request: Request[Any, Any, Any], data: JSONBody[Passke
     user = await User.select().where(User.id == passkey["user"]).first()
     if user is None:  # deleted between the lookup and now; the passkey went with it (cascade)
         return error_response(request, 400, "This passkey's account no longer exists.", reason="unknown_user")
+    if await login.sso_refuses(user["email"], user["id"], request.app.state.policy, method=AUTH_METHOD):
+        # Enforce SSO (DESIGN §15): passkeys are refused for the organization's verified domains.
+        await accounts.audit(
+            "login.failed",
+            actor_id=user["id"],
+            target=passkey["id"],
+            details={"method": AUTH_METHOD, "reason": "sso_enforced"},
+            ip=ip,
+        )
+        return error_response(
+            request,
+            403,
+            "Your organization requires single sign-on: enter your email and continue with your identity provider.",
+            reason="sso_enforced",
+        )
     signed_in = await login.open_session(
         user,
         auth_method=AUTH_METHOD,

@@ -379,7 +379,8 @@ class SsoConnection(Table, tablename="sso_connection"):
     organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
     #: ``saml`` or ``oidc``.
     protocol = Varchar(length=10)
-    #: The guide it was set up with: ``okta``, ``entra``, ``google``, ``jumpcloud``, ``onelogin``, ``saml``, ``oidc``.
+    #: The guide it was set up with (a guide key: ``okta``, ``entra-id``, ``google-workspace``, ``jumpcloud``,
+    #: ``onelogin``, ``generic-saml``, ``generic-oidc``, or an app owner's own guide).
     provider = Varchar(length=40, default="saml")
     name = Varchar(length=200)
     #: ``draft``, ``active`` or ``inactive``.
@@ -418,6 +419,14 @@ class SsoConnection(Table, tablename="sso_connection"):
     default_roles = JSON(default=["member"])
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+    # issue 12: sso widget (portal_0014)
+    #: The SP's RSA key for signed AuthnRequests, sealed (purpose ``sso.sp_signing_key``).
+    sp_private_key = Text(default="")
+    #: The SP's self-signed certificate (PEM) published in its metadata when requests are signed.
+    sp_certificate = Text(default="")
+    #: Last "Test connection" that reached the ACS or callback, and whether it passed.
+    tested_at = Timestamptz(null=True, default=None)
+    test_ok = Boolean(default=False)
 
 
 class SsoRequest(Table, tablename="sso_request"):
@@ -771,4 +780,5 @@ SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
     (OidcKey, "private_jwk", "oidc-signing-key"),  # issue 10: oidc
     (SsoConnection, "oidc_client_secret", "sso.oidc_client_secret"),  # issue 12: sso
     (WebhookEndpoint, "secret", "webhook.secret"),  # issue 11: webhooks
+    (SsoConnection, "sp_private_key", "sso.sp_signing_key"),  # issue 12: sso widget
 ]

@@ -36,6 +36,15 @@ FIXES: dict[str, str] = {
     "oidc_token": "Check the client id and client secret, and that the redirect URI is registered in the IdP.",
     "oidc_id_token": "The ID token did not verify: check the issuer and client id.",
     "oidc_error": "The IdP refused the sign-in: check the user is assigned to the application.",
+    "oidc_state": "Start the sign-in again from the portal, in the same browser (the answer was for another "
+    "sign-in, used twice, or older than 10 minutes).",
+    "oidc_signature": "The ID token is not signed by a key in the IdP's JWKS: check the issuer URL points at the "
+    "IdP that issued it.",
+    "oidc_issuer": "The issuer configured here must be exactly the IdP's issuer (see its discovery document).",
+    "oidc_audience": "The client id configured here must be the client id of the application in the IdP.",
+    "oidc_nonce": "Start the sign-in again from the portal; the IdP must return the nonce it was sent.",
+    "email_unverified": "Verify the user's email address in the IdP, or send a verified address.",
+    "feature": "Single sign-on is switched off for this organization: ask the app owner to enable it.",
     "ssrf": "The URL points at a private or loopback address, which the portal does not fetch.",
     "fetch": "The portal could not fetch the URL: check it is reachable from the portal's server.",
     "metadata_invalid": "Use the IdP's SAML metadata (an EntityDescriptor with an IDPSSODescriptor).",

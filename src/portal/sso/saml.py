@@ -15,7 +15,6 @@ import secrets
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlencode
 
 from cryptography import x509
@@ -411,5 +410,24 @@ def new_request_id() -> str:
     return "ssr_" + secrets.token_hex(16)
 
 
-def describe(attrs: dict[str, Any]) -> str:  # pragma: no cover - debugging aid
-    return ", ".join(f"{k}={v}" for k, v in attrs.items())
+def new_sp_keypair(common_name: str, *, days: int = 3650) -> tuple[str, str]:
+    """A fresh RSA key and self-signed certificate for signing AuthnRequests: (key PEM, certificate PEM)."""
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()

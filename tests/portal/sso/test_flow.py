@@ -97,7 +97,7 @@ async def test_sp_initiated_sign_in_creates_a_session_and_a_jit_member(
     assert replay.status_code == 400
     assert "already used" in replay.text or "answers no pending sign-in" in replay.text
     assert await Session.count().where(Session.active_organization == org["id"]) == 1
-    failed = await AuditEvent.select().where(AuditEvent.action == "login.failed").output(load_json=True)
+    failed = await AuditEvent.select().where(AuditEvent.action == "sso.login.failed").output(load_json=True)
     assert failed[-1]["details"]["reason"] in {"replay", "in_response_to"}
 
 
@@ -161,3 +161,67 @@ async def test_an_inactive_connection_does_not_sign_in(
     response = await client.get(f"/sso/saml/{connection_id}/login", headers={"accept": "text/html"})
     assert response.status_code == 400 and "not active" in response.text
     assert (await client.get("/sso/saml/sso_nope/metadata")).status_code == 404
+
+
+def continue_url(response: httpx.Response) -> str:
+    """Where a "continue to your identity provider" page (meta refresh, after a form) moves on to."""
+    import html
+    import re
+
+    assert response.status_code == 200, response.text
+    match = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]+)">', response.text)
+    assert match, "no meta refresh"
+    return html.unescape(match.group(1))
+
+
+async def test_an_organization_without_the_feature_signs_nobody_in(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import Organization
+
+    org, connection_id, idp, sp = await setup(tmp_path, settings)
+    request_id = await start(client, connection_id, idp)
+    body = idp.respond(
+        sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=request_id, email="ada@acme.test"
+    )
+    # The app owner switches SSO off for the organization between the request and the response.
+    await Organization.update({Organization.features: []}).where(Organization.id == org["id"])
+    refused = await post_acs(client, sp, body)
+    assert refused.status_code == 400
+    assert "Single sign-on is not enabled for this organization." in refused.text
+    assert await Session.count() == 0
+    start_again = await client.get(f"/sso/saml/{connection_id}/login")
+    assert start_again.status_code == 400
+
+
+async def test_idp_initiated_sign_in_when_the_connection_allows_it(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    org, _connection_id, idp, sp = await setup(tmp_path, settings, allow_idp_initiated=True)
+    unsolicited = idp.respond(
+        sp_entity_id=sp.entity_id, acs_url=sp.acs_url, in_response_to=None, email="ada@acme.test"
+    )
+    response = await post_acs(client, sp, unsolicited)
+    assert response.status_code == 303 and response.headers["location"] == "/ui/"
+    assert await Session.count().where(Session.active_organization == org["id"]) == 1
+    # Still single use.
+    client.cookies.clear()
+    again = await post_acs(client, sp, unsolicited)
+    assert again.status_code == 400 and "already used" in again.text
+    assert await Session.count().where(Session.active_organization == org["id"]) == 1
+
+
+async def test_starting_sign_ins_is_rate_limited_per_address(
+    tmp_path: Path, settings: Settings, client: httpx.AsyncClient
+) -> None:
+    from portal.core.tables import SsoRequest
+    from portal.sso.routes import START_PER_IP
+
+    _, connection_id, _, _ = await setup(tmp_path, settings)
+    limit, _window = START_PER_IP
+    for _ in range(limit):
+        assert (await client.get(f"/sso/saml/{connection_id}/login")).status_code == 303
+    refused = await client.get(f"/sso/saml/{connection_id}/login", headers={"accept": "text/html"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert "Too many single sign-on attempts" in refused.text
+    assert await SsoRequest.count() == limit
