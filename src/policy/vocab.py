@@ -30,6 +30,8 @@ class Feature(enum.StrEnum):
     SCIM = "scim"
     DOMAIN_VERIFICATION = "domain_verification"
     SESSION_POLICY = "session_policy"
+    #: Issue 14: the organization's own logo and colour in the portal (Organization settings).
+    ORG_BRANDING = "org_branding"
 
 
 class DenyReason(enum.StrEnum):

@@ -18,6 +18,7 @@ from portal.auth import accounts
 from portal.core import db
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
+from portal.links import cli as links_cli
 from portal.oidc import cli as oidc_cli
 
 T = TypeVar("T")
@@ -269,6 +270,7 @@ def secrets_rotate() -> None:
 
 main.add_command(oidc_cli.client)  # issue 10: portal client ...
 main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
+main.add_command(links_cli.link)  # issue 14: portal link create|list|revoke
 
 
 if __name__ == "__main__":

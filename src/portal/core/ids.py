@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr"})
+PREFIXES = frozenset({"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr", "lnk"})
 
 
 def new_id(prefix: str) -> str:
@@ -75,3 +75,8 @@ def sso_connection_id() -> str:
 
 def sso_request_id() -> str:
     return new_id("ssr")
+
+
+# --- issue 14: links
+def setup_link_id() -> str:
+    return new_id("lnk")

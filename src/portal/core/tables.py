@@ -453,6 +453,57 @@ class SsoAssertion(Table, tablename="sso_assertion"):
 # --- end issue 12: sso
 
 
+# --- issue 14: links (portal_0018) ---------------------------------------------------------------------
+class SetupLink(Table, tablename="setup_link"):
+    """A one-time link for an IT admin outside the app (DESIGN §18): opening it starts a session limited to one
+    organization and one intent. Only the hashes of the link's token and of the session cookie are stored."""
+
+    #: ``lnk_…``
+    id = Varchar(length=40, primary_key=True, default=ids.setup_link_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
+    #: ``sso``, ``scim`` or ``domain_verification`` (``portal.links.service.INTENTS``).
+    intent = Varchar(length=30)
+    #: SHA-256 of the link's token (``portal_lnk_…``).
+    token_hash = Varchar(length=64, unique=True)
+    #: Who made it: ``cli`` or ``api:<credential id>``.
+    created_by = Varchar(length=200, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: The link must be opened before this.
+    expires_at = Timestamptz(index=True)
+    #: Set once, atomically, by the one request that opens it.
+    opened_at = Timestamptz(null=True, default=None)
+    #: Revoking ends the link and the session it opened.
+    revoked_at = Timestamptz(null=True, default=None)
+    #: SHA-256 of the session cookie the opening started (NULL until opened).
+    session_token_hash = Varchar(length=64, null=True, default=None, unique=True)
+    #: The session's hard end: opening time + ``PORTAL_ADMIN_PORTAL_SESSION_TTL``.
+    session_expires_at = Timestamptz(null=True, default=None)
+    #: Set when the IT admin signs out.
+    session_ended_at = Timestamptz(null=True, default=None)
+    ip = Varchar(length=45, default="")
+    user_agent = Varchar(length=500, default="")
+
+
+class OrganizationBrand(Table, tablename="organization_brand"):
+    """An organization's logo and primary colour (feature ``org_branding``); one row per organization, kept
+    out of ``organization`` so that the per-request session query does not carry the logo."""
+
+    id = BigSerial(primary_key=True)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, unique=True)
+    #: ``#rrggbb``, checked for WCAG AA contrast against white text; NULL: the app's colour.
+    primary_color = Varchar(length=7, null=True, default=None)
+    #: The logo's bytes, base64 (checked PNG or JPEG, or sanitized SVG); NULL: none.
+    logo = Text(null=True, default=None)
+    #: ``image/png``, ``image/jpeg`` or ``image/svg+xml``.
+    logo_type = Varchar(length=40, null=True, default=None)
+    #: SHA-256 of the logo's bytes (ETag and cache-busting query).
+    logo_sha256 = Varchar(length=64, null=True, default=None)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+# --- end issue 14: links
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -473,6 +524,8 @@ TABLES: tuple[type[Table], ...] = (
     SsoConnection,  # issue 12: sso
     SsoRequest,
     SsoAssertion,
+    SetupLink,  # issue 14: links
+    OrganizationBrand,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

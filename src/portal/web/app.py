@@ -22,15 +22,17 @@ from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine, PolicyError
-from portal import oidc
+from portal import links, oidc
 from portal.auth import login, passkey_login
 from portal.core import db
 from portal.core.settings import Settings, ensure_secret_key
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
+from portal.links.service import frameable_cookies
 from portal.sso import routes as sso_routes
-from portal.web import shell
+from portal.web import branding, shell
 from portal.web.guard import SessionMiddleware, policy_guard
 from portal.web.http import (
+    AllowedHostsMiddleware,
     RequestLogMiddleware,
     http_exception_handler,
     internal_error_handler,
@@ -86,7 +88,10 @@ async def _ping_redis(url: str) -> str:
 
 def template_dirs(registry: WidgetRegistry) -> list[Path | PathLike[Any] | str]:
     """The shell's templates, then each widget package's ``templates/`` (namespaced by widget)."""
-    dirs: list[Path | PathLike[Any] | str] = [PACKAGE_DIR / "templates"]
+    dirs: list[Path | PathLike[Any] | str] = [
+        PACKAGE_DIR / "templates",
+        PACKAGE_DIR.parent / "links" / "templates",
+    ]
     dirs.extend(sorted(p for p in WIDGETS_DIR.glob("*/templates") if p.is_dir()))
     return dirs
 
@@ -151,6 +156,8 @@ def create_app(
             *passkey_login.HANDLERS,  # passkey sign-in on /login (security widget issue)
             *oidc.HANDLERS,  # issue 10: OpenID Provider
             *sso_routes.HANDLERS,  # issue 12: sso
+            *links.HANDLERS,  # issue 14: links
+            *branding.HANDLERS,  # issue 14: links (organization branding)
             *registry.handlers(),
         ],
         guards=[policy_guard],
@@ -158,9 +165,10 @@ def create_app(
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
             cookie_name="__Host-portal_csrf" if settings.secure else "portal_csrf",
-            cookie_secure=settings.secure,
+            # Issue 14: forms in a framed setup-link page need the CSRF cookie in a third-party context.
+            cookie_secure=settings.secure or frameable_cookies(settings),
             cookie_httponly=True,
-            cookie_samesite="lax",
+            cookie_samesite="none" if frameable_cookies(settings) else "lax",
         ),
         state=State(
             {"settings": settings, "engine": engine, "policy": policy, "registry": registry, "jobs": queue}
@@ -178,5 +186,5 @@ def create_app(
         debug=False,
     )
     # Outermost, so that unmatched paths (404 before any route middleware) get an id and a log line too.
-    app.asgi_handler = RequestLogMiddleware(app.asgi_handler)
+    app.asgi_handler = RequestLogMiddleware(AllowedHostsMiddleware(app.asgi_handler, settings))
     return app

@@ -14,7 +14,15 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from portal.core.settings import Settings
 
@@ -74,14 +82,40 @@ def security_headers(settings: Settings) -> Any:
     }
     if settings.secure:
         headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    # Issue 14: setup-link pages may be framed by the configured origins, nothing else by anyone.
+    ancestors = " ".join(settings.admin_portal_frame_ancestors)
+    framed = {
+        **headers,
+        "Content-Security-Policy": CSP.replace("frame-ancestors 'none'", f"frame-ancestors {ancestors}"),
+    }
+    framed.pop("X-Frame-Options")
+    logo = {**headers, "Content-Security-Policy": LOGO_CSP}
 
     async def before_send(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
             out = MutableScopeHeaders.from_message(message)
-            for name, value in headers.items():
+            chosen = headers
+            if ancestors and frameable(scope):
+                chosen = framed
+            elif scope.get("path", "").startswith("/brand/") and scope.get("path", "").endswith("/logo"):
+                chosen = logo
+            for name, value in chosen.items():
                 out[name] = value
 
     return before_send
+
+
+#: A logo (an SVG especially) opened directly can run nothing and load nothing.
+LOGO_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+
+def frameable(scope: Scope) -> bool:
+    """The setup-link pages (issue 14): ``/setup/<token>`` itself and every response to a setup-link session
+    (its widget, its 403 pages, its sign-out page). Account sessions' pages never are."""
+    if scope.get("path", "").startswith("/setup/"):
+        return True
+    auth = scope.get("state", {}).get("auth")
+    return getattr(auth, "link", None) is not None
 
 
 def wants_html(request: Request[Any, Any, Any]) -> bool:
@@ -119,7 +153,7 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
 
     Signed-out browsers are sent to the login page with a way back; API clients get 401.
     """
-    from portal.web.guard import Denied, SignInRequired, login_url
+    from portal.web.guard import Denied, OutsideIntent, SignInRequired, login_url
 
     if isinstance(exc, SignInRequired) and wants_html(request):
         # The path as the browser asked for it: the router drops a trailing slash from scope["path"].
@@ -127,6 +161,9 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
         path = unquote(raw.decode("latin-1")) if isinstance(raw, bytes) and raw else request.url.path
         return Redirect(login_url(path, request.url.query), status_code=303)
     extra: dict[str, Any] = {}
+    if isinstance(exc, OutsideIntent):
+        extra["reason"] = "outside_intent"
+        extra["intent"] = exc.intent
     if isinstance(exc, Denied):
         extra["reason"] = exc.decision.reason.value if exc.decision.reason else None
         extra["missing"] = exc.decision.missing
@@ -145,3 +182,66 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
         HTTP_500_INTERNAL_SERVER_ERROR,
         "The error has been logged. Quote the request id if you report it.",
     )
+
+
+# --- issue 14: host awareness
+_BAD_HOST_PAGE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Bad request · 400</title>'
+    '<link rel="stylesheet" href="/static/portal.css"></head><body><main id="main" class="error">'
+    '<p class="muted">Error 400</p><h1>Bad request</h1><p>This portal does not answer for that host name.'
+    "</p></main></body></html>"
+)
+#: Health checks answer whatever host a load balancer uses; they emit no URLs.
+_ANY_HOST = ("/healthz", "/readyz")
+
+
+def host_of(scope: Scope) -> str | None:
+    """The request's host name (lowercase, without port), from the Host header; None when missing."""
+    for key, value in scope.get("headers", ()):
+        if key == b"host":
+            host = value.decode("latin-1").strip().lower()
+            if host.startswith("["):
+                return host[1 : host.find("]")] if "]" in host else None
+            return host.rsplit(":", 1)[0] if ":" in host else host
+    return None
+
+
+class AllowedHostsMiddleware:
+    """Refuse requests whose Host header names a host the portal is not (host-header injection): a 400 page,
+    before anything else runs. Allowed: the public URL's host, ``PORTAL_ALLOWED_HOSTS``, and the loopback names
+    when the public URL is on loopback."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.allowed = settings.allowed_host_names
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in {ScopeType.HTTP, ScopeType.WEBSOCKET} or scope.get("path", "").startswith(
+            _ANY_HOST
+        ):
+            await self.app(scope, receive, send)
+            return
+        if host_of(scope) in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        log.warning("refused host %r for %s", host_of(scope), scope.get("path", "-"))
+        accept = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"accept"), "")
+        if "text/html" in accept or not accept:
+            body, media = _BAD_HOST_PAGE.encode(), b"text/html; charset=utf-8"
+        else:
+            body = b'{"error":{"status":400,"title":"Bad request","detail":"This portal does not answer for that host name."}}'
+            media = b"application/json"
+        headers: list[tuple[bytes, bytes]] = [
+            (b"content-type", media),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
+        headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 400, "headers": headers}
+        await send(start)
+        done: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+        await send(done)
+
+
+# --- end issue 14: host awareness
