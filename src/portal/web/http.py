@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from litestar import MediaType, Request, Response
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders, UploadFile
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
@@ -23,6 +23,7 @@ from litestar.types import (
     Scope,
     Send,
 )
+from litestar.utils.scope.state import ScopeState
 
 from portal.core.settings import Settings
 
@@ -61,6 +62,7 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            close_uploads(scope)
             log.info(
                 "%s %s %s %.1fms request_id=%s",
                 scope.get("method", "-"),
@@ -69,6 +71,18 @@ class RequestLogMiddleware:
                 (time.perf_counter() - started) * 1000,
                 request_id,
             )
+
+
+def close_uploads(scope: Scope) -> None:
+    """Close the temporary files of a parsed multipart form (issue 14: logo uploads). The CSRF check parses
+    the form before the guard runs, so a refused upload never reaches a handler that would close them."""
+    form = ScopeState.from_scope(scope).form
+    if not isinstance(form, dict):
+        return
+    for value in form.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, UploadFile):
+                item.file.close()
 
 
 def security_headers(settings: Settings) -> Any:
