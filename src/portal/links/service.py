@@ -84,7 +84,7 @@ class SetupGrant:
         url = self.intent.url
         if path == url or path.startswith(url + "/"):
             return True
-        return path in {"/ui", "/ui/", "/logout"} or path.startswith(("/setup/", "/brand/"))
+        return path in {"/ui", "/ui/", "/logout", "/brand.css"} or path.startswith(("/setup/", "/brand/"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from portal.cli import main
 from portal.core.settings import Settings
 from portal.core.tables import AuditEvent, Domain, SetupLink
 from portal.links import service
+from portal.web.guard import UNAUTHENTICATED_PREFIXES
 from tests.conftest import POLICY_DIR, FrozenClock
 from tests.factories import csrf_token, sign_in, sign_in_link
 
@@ -155,6 +156,9 @@ async def test_opening_lands_on_the_intent_widget_with_a_limited_session(
     assert "/ui/account/profile" not in page.text and "/ui/account/security" not in page.text
     assert "/ui/organizations/switch" not in page.text
     assert "/ui/organization/settings" not in page.text and "/ui/organization/members" not in page.text
+    # Its stylesheets load (a page in a frame without them would be unreadable).
+    for stylesheet in ("/brand.css", "/static/portal.css"):
+        assert (await client.get(stylesheet)).status_code == 200, stylesheet
     # The home is the widget.
     home = await client.get("/ui/", headers=HTML)
     assert home.status_code == 303 and home.headers["location"] == DOMAINS
@@ -325,8 +329,8 @@ def every_route(app: Litestar) -> list[tuple[str, str]]:
         for handler in getattr(route, "route_handlers", ()):
             if not isinstance(handler, HTTPRouteHandler):
                 continue
-            if handler.opt.get("exclude_from_csrf") and handler.opt.get("public"):
-                continue  # health checks, static files, brand stylesheets: no session is even loaded
+            if route.path.startswith(UNAUTHENTICATED_PREFIXES):
+                continue  # health checks, static files, organization brand files: no session is even loaded
             for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
                 found.append((method, concrete(route.path)))
     return sorted(set(found))
@@ -347,7 +351,7 @@ async def test_every_route_outside_the_intent_is_403_naming_it(
     for method, path in routes:
         if path == grant_url or path.startswith(grant_url + "/") or path.startswith("/setup/"):
             continue
-        if path in {"/ui", "/ui/", "/logout"}:
+        if path in {"/ui", "/ui/", "/logout", "/brand.css"}:
             continue
         response = await client.request(
             method,
