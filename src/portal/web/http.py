@@ -26,6 +26,7 @@ from litestar.types import (
 from litestar.utils.scope.state import ScopeState
 
 from portal.core.settings import Settings
+from portal.links.service import frameable_cookies
 
 log = logging.getLogger("portal.request")
 
@@ -73,6 +74,19 @@ class RequestLogMiddleware:
             )
 
 
+def _partition_cookies(message: Message) -> None:
+    """Issue 14: every ``SameSite=None`` cookie (the setup session's, CSRF, flash) also gets ``Partitioned``
+    (CHIPS), so that it is kept in a third-party frame where browsers block unpartitioned cookies. Litestar's
+    CSRF cookie has no such option, hence the rewrite here."""
+    headers = message.get("headers")
+    if not isinstance(headers, list):
+        return
+    for index, (name, value) in enumerate(headers):
+        lowered = value.lower()
+        if name.lower() == b"set-cookie" and b"samesite=none" in lowered and b"partitioned" not in lowered:
+            headers[index] = (name, value + b"; Partitioned")
+
+
 def close_uploads(scope: Scope) -> None:
     """Close the temporary files of a parsed multipart form (issue 14: logo uploads). The CSRF check parses
     the form before the guard runs, so a refused upload never reaches a handler that would close them."""
@@ -104,6 +118,7 @@ def security_headers(settings: Settings) -> Any:
     }
     framed.pop("X-Frame-Options")
     logo = {**headers, "Content-Security-Policy": LOGO_CSP}
+    partition = frameable_cookies(settings)
 
     async def before_send(message: Message, scope: Scope) -> None:
         if message["type"] == "http.response.start":
@@ -115,6 +130,8 @@ def security_headers(settings: Settings) -> Any:
                 chosen = logo
             for name, value in chosen.items():
                 out[name] = value
+            if partition:
+                _partition_cookies(message)
 
     return before_send
 
@@ -156,6 +173,8 @@ def error_response(request: Request[Any, Any, Any], status: int, detail: str, **
     request_id = request_id_of(request.scope)
     if wants_html(request):
         context = {"status": status, "title": title, "detail": detail, "request_id": request_id, **extra}
+        # Issue 14: an error inside a setup-link frame keeps the organization's branding.
+        context.setdefault("brand", request.scope.get("state", {}).get("brand"))
         return Template("portal/error.html", context=context, status_code=status)
     body: dict[str, Any] = {"error": {"status": status, "title": title, "detail": detail, **extra}}
     body["error"]["request_id"] = request_id
