@@ -31,6 +31,7 @@ JOB_MODULES: tuple[str, ...] = (
     "portal.auth.maintenance",
     "portal.auth.jobs",
     "portal.oidc.logout",  # issue 10: back-channel logout
+    "portal.links.jobs",  # issue 14: purge dead setup links
 )
 
 

@@ -13,6 +13,7 @@ from portal.core.settings import Settings
 from portal.links import service
 from portal.links.service import LinkProblem
 
+NO_STORE = {"Cache-Control": "no-store"}
 #: The one page every link URL points at: public (no account), no CSRF cookie needed.
 SETUP = {"public": True}
 
@@ -87,7 +88,7 @@ async def open_setup_link(request: Request[Any, Any, Any], token: FromPath[str])
     except LinkProblem as problem:
         return await problem_page(request, problem)
     intent = service.INTENTS[link["intent"]]
-    response: Response[Any] = Redirect(intent.url, status_code=303)
+    response: Response[Any] = Redirect(intent.url, status_code=303, headers=NO_STORE)
     response.set_cookie(session_cookie(settings, session_token, max_age=settings.admin_portal_session_ttl))
     return response
 
@@ -104,8 +105,8 @@ async def problem_page(request: Request[Any, Any, Any], problem: LinkProblem) ->
         "accept", ""
     ):
         body = {"error": {"status": status, "title": title, "detail": detail, "reason": problem.kind}}
-        return Response(body, status_code=status)
-    return Template("links/problem.html", context=context, status_code=status)
+        return Response(body, status_code=status, headers=NO_STORE)
+    return Template("links/problem.html", context=context, status_code=status, headers=NO_STORE)
 
 
 HANDLERS = [open_setup_link]

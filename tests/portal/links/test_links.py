@@ -380,3 +380,41 @@ async def test_every_route_outside_the_intent_is_403_naming_it(
     assert page.status_code == 403
     assert f"(intent {intent})" in page.text
     assert "Switch organization" not in page.text
+
+
+# --- housekeeping and leaks --------------------------------------------------------------------------------
+
+
+async def test_dead_links_are_purged_after_30_days(
+    settings: Settings, world: dict[str, Any], frozen_clock: FrozenClock
+) -> None:
+    from portal.jobs import InlineQueue, JobContext, registered_crons
+    from portal.links.jobs import purge_setup_links
+
+    org = world["acme"]["id"]
+    unopened = await service.create_link(settings, org, "sso", ttl=600)
+    revoked = await service.create_link(settings, org, "sso", ttl=600)
+    await service.revoke_link(revoked.id)
+    used = await service.create_link(settings, org, "sso", ttl=600)
+    await service.open_link(settings, token_of(used.url))
+    context = JobContext(settings, InlineQueue(settings))
+    frozen_clock.advance(days=29)
+    fresh = await service.create_link(settings, org, "scim", ttl=600)
+    assert await purge_setup_links(context) == 0
+    frozen_clock.advance(days=1, hours=2)
+    assert await purge_setup_links(context) == 3
+    assert [r["id"] for r in await service.list_links(org)] == [fresh.id]
+    assert "purge_setup_links" in {c.name for c in registered_crons()}
+
+
+async def test_the_token_stays_out_of_logs_and_caches(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    created = await service.create_link(settings, world["acme"]["id"], "sso")
+    with caplog.at_level("INFO", logger="portal.request"):
+        opened = await open_url(client, created.url)
+        again = await open_url(client, created.url)
+    assert opened.headers["cache-control"] == "no-store" and again.headers["cache-control"] == "no-store"
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("portal"))
+    assert "GET /setup/<token> 303" in logged and "GET /setup/<token> 410" in logged
+    assert token_of(created.url) not in logged
