@@ -392,7 +392,7 @@ async def test_dead_links_are_purged_after_30_days(
     from portal.links.jobs import purge_setup_links
 
     org = world["acme"]["id"]
-    unopened = await service.create_link(settings, org, "sso", ttl=600)
+    await service.create_link(settings, org, "sso", ttl=600)  # never opened
     revoked = await service.create_link(settings, org, "sso", ttl=600)
     await service.revoke_link(revoked.id)
     used = await service.create_link(settings, org, "sso", ttl=600)
