@@ -173,6 +173,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                     f"{origin!r} is not an origin such as https://app.example.com (scheme, host, optional port;"
                     " http only for loopback)",
                 )
+        public_host = (urlsplit(self.public_url).hostname or "").lower()
+        if self.admin_portal_frame_ancestors and not (self.secure or public_host in LOOPBACK_NAMES):
+            raise SettingsError(
+                "admin_portal_frame_ancestors",
+                "needs an https PORTAL_PUBLIC_URL: browsers keep cookies in a third-party frame only when they"
+                " are Secure (loopback development URLs aside)",
+            )
         for name in self.allowed_hosts:
             if not _HOST_NAME.match(name):
                 raise SettingsError(

@@ -135,3 +135,21 @@ def test_frame_ancestors_setting_accepts_origins_only(value: str, ok: bool) -> N
         with pytest.raises(SettingsError) as caught:
             load_settings({"PORTAL_ADMIN_PORTAL_FRAME_ANCESTORS": value})
         assert caught.value.variable == "PORTAL_ADMIN_PORTAL_FRAME_ANCESTORS"
+
+
+def test_frame_ancestors_need_an_https_public_url() -> None:
+    from portal.core.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(
+            {"PORTAL_PUBLIC_URL": "http://portal.example.com", "PORTAL_ADMIN_PORTAL_FRAME_ANCESTORS": APP}
+        )
+    assert caught.value.variable == "PORTAL_ADMIN_PORTAL_FRAME_ANCESTORS"
+    assert "https" in caught.value.problem
+    for public in ("https://portal.example.com", "http://127.0.0.1:8000", "http://localhost:8000"):
+        env = {
+            "PORTAL_PUBLIC_URL": public,
+            "PORTAL_ADMIN_PORTAL_FRAME_ANCESTORS": APP,
+            "PORTAL_SECRET_KEY": "k" * 40,
+        }
+        assert load_settings(env).admin_portal_frame_ancestors == [APP]
