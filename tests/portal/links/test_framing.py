@@ -108,6 +108,12 @@ async def test_a_framed_form_posts_with_the_frame_cookies(
             DOMAINS, data={"_csrf_token": token, "domain": "framed.example.com"}, headers=HTML
         )
         assert added.status_code == 303
+        # A stale form (bad CSRF token) is refused, and the refusal can still be shown inside the frame.
+        stale = await client.post(
+            DOMAINS, data={"_csrf_token": "stale", "domain": "x.example.com"}, headers=HTML
+        )
+        assert stale.status_code == 403
+        assert frame_ancestors(stale) == f"frame-ancestors {APP} {OTHER}"
 
 
 @pytest.mark.parametrize(
