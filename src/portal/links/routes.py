@@ -86,6 +86,16 @@ async def open_setup_link(request: Request[Any, Any, Any], token: FromPath[str])
             settings, token, ip=_client_ip(request), user_agent=request.headers.get("user-agent", "")
         )
     except LinkProblem as problem:
+        current = request.scope.get("state", {}).get("auth")
+        grant = getattr(current, "link", None)
+        if (
+            problem.kind == "used"
+            and problem.link
+            and grant is not None
+            and grant.link_id == problem.link["id"]
+        ):
+            # The same browser, still in the session this link opened (the app reloaded its frame): go on.
+            return Redirect(grant.intent.url, status_code=303, headers=NO_STORE)
         return await problem_page(request, problem)
     intent = service.INTENTS[link["intent"]]
     response: Response[Any] = Redirect(intent.url, status_code=303, headers=NO_STORE)

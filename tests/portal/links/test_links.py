@@ -182,6 +182,20 @@ async def test_a_link_opens_once(
     assert api.status_code == 410 and api.json()["error"]["reason"] == "used"
 
 
+async def test_reopening_in_the_session_it_opened_goes_back_to_the_widget(
+    client: httpx.AsyncClient, settings: Settings, world: dict[str, Any]
+) -> None:
+    # An app that reloads the page holding the frame sends the browser to the same URL again.
+    created = await service.create_link(settings, world["acme"]["id"], "domain_verification")
+    assert (await open_url(client, created.url)).status_code == 303
+    again = await open_url(client, created.url)
+    assert again.status_code == 303 and again.headers["location"] == DOMAINS
+    other = await service.create_link(settings, world["acme"]["id"], "domain_verification")
+    await service.open_link(settings, token_of(other.url))
+    used_elsewhere = await open_url(client, other.url)
+    assert used_elsewhere.status_code == 410
+
+
 async def test_expired_link_gets_a_clear_page(
     client: httpx.AsyncClient, settings: Settings, world: dict[str, Any], frozen_clock: FrozenClock
 ) -> None:
@@ -413,6 +427,7 @@ async def test_the_token_stays_out_of_logs_and_caches(
     created = await service.create_link(settings, world["acme"]["id"], "sso")
     with caplog.at_level("INFO", logger="portal.request"):
         opened = await open_url(client, created.url)
+        client.cookies.clear()
         again = await open_url(client, created.url)
     assert opened.headers["cache-control"] == "no-store" and again.headers["cache-control"] == "no-store"
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("portal"))
