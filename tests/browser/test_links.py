@@ -154,6 +154,11 @@ async def test_setup_link_in_an_iframe_from_an_allowed_origin_and_refused_from_a
         await expect(frame.locator(".flash")).to_contain_text("acme-corp.example added")
         await page.screenshot(path=str(SCREENSHOTS / "setup-link-embedded-added.png"))
 
+        # The app reloads its page: the frame asks for the (used) link again and goes on in the same session.
+        await page.reload()
+        await expect(frame.get_by_role("heading", name="Domains", exact=True)).to_be_visible()
+        await expect(frame.get_by_text("acme-corp.example").first).to_be_visible()
+
         # Anything outside the intent is refused inside the frame too, naming it.
         portal_frame = page.frame(url=lambda u: u.startswith(portal))
         assert portal_frame is not None
