@@ -178,4 +178,12 @@ async def test_setup_link_in_an_iframe_from_an_allowed_origin_and_refused_from_a
         assert heading == 0 or "Domains" not in (await framed[0].content())
         assert any("frame-ancestors" in line for line in other_console), other_console
         await other.screenshot(path=str(SCREENSHOTS / "setup-link-refused.png"))
+
+        # Opened directly (the frame's cookies are partitioned under the app's site, so no session here), the
+        # used link says so, under the organization's branding.
+        direct = await context.new_page()
+        await direct.goto(first.url)
+        await expect(direct.get_by_role("heading", name="This setup link was already used")).to_be_visible()
+        await expect(direct.locator("img.brand-logo")).to_have_attribute("alt", "Acme Corporation")
+        await direct.screenshot(path=str(SCREENSHOTS / "setup-link-used.png"))
         await context.close()
