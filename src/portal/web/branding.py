@@ -32,19 +32,11 @@ SVG_NS = "http://www.w3.org/2000/svg"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 #: SVG elements that run script, embed other documents or pull in other resources.
 _SVG_FORBIDDEN = {
-    "script",
-    "foreignObject",
-    "iframe",
-    "embed",
-    "object",
-    "image",
-    "feImage",
-    "use",
-    "audio",
-    "video",
-    "handler",
-    "listener",
-}
+    "script", "foreignObject", "iframe", "embed", "object", "image", "feImage", "use", "audio", "video",
+    "handler", "listener",
+    # Animation can rewrite attributes (an href to a javascript: URL) after the checks below ran.
+    "set", "animate", "animateMotion", "animateTransform", "discard",
+}  # fmt: skip
 
 
 def normalize_color(value: str) -> str:
@@ -116,7 +108,8 @@ def _svg_problem(data: bytes) -> str | None:
                 return f"SVG logos may not have event handlers (attribute {local})."
             if local == "href" and not value.strip().startswith("#"):
                 return "SVG logos may not refer to other files or URLs."
-            if re.search(r"url\s*\(\s*['\"]?\s*(?!#)", value, re.I) or "javascript:" in value.lower():
+            squeezed = re.sub(r"[\s\x00-\x1f]+", "", value).lower()  # browsers drop these inside URLs
+            if re.search(r"url\s*\(\s*['\"]?\s*(?!#)", value, re.I) or "javascript:" in squeezed:
                 return "SVG logos may not refer to other files or URLs."
     return None
 

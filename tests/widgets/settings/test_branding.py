@@ -252,6 +252,14 @@ async def test_logos_are_served_with_the_type_their_bytes_show(
             "SVG files with a DOCTYPE or entities are refused.",
         ),
         (b"<svg xmlns='http://www.w3.org/2000/svg'><rect", "This SVG file is not well-formed XML."),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg"><a href="#x"><set attributeName="href" to="javascript:alert(1)"/></a></svg>',
+            "SVG logos may not contain <set> elements (script, embedded or external content).",
+        ),
+        (
+            b'<svg xmlns="http://www.w3.org/2000/svg"><rect data-x="java&#x09;script:alert(1)" width="1" height="1"/></svg>',
+            "SVG logos may not refer to other files or URLs.",
+        ),
     ],
     ids=[
         "empty",
@@ -266,6 +274,8 @@ async def test_logos_are_served_with_the_type_their_bytes_show(
         "foreign-object",
         "xxe",
         "broken",
+        "animation",
+        "javascript-with-tab",
     ],
 )
 async def test_bad_uploads_are_refused_next_to_the_field(
