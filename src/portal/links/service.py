@@ -39,6 +39,8 @@ class Intent:
     widget: str
     url: str
     permissions: frozenset[Permission]
+    #: The organization feature the widget needs: no link is made for an organization without it.
+    feature: str
 
 
 INTENTS: dict[str, Intent] = {
@@ -48,6 +50,7 @@ INTENTS: dict[str, Intent] = {
         "sso",
         "/ui/organization/sso",
         frozenset({Permission.SSO_READ, Permission.SSO_MANAGE}),
+        "sso",
     ),
     "scim": Intent(
         "scim",
@@ -55,6 +58,7 @@ INTENTS: dict[str, Intent] = {
         "scim",
         "/ui/organization/scim",
         frozenset({Permission.SCIM_READ, Permission.SCIM_MANAGE}),
+        "scim",
     ),
     "domain_verification": Intent(
         "domain_verification",
@@ -62,6 +66,7 @@ INTENTS: dict[str, Intent] = {
         "domains",
         "/ui/organization/domains",
         frozenset({Permission.SETTINGS_READ, Permission.SETTINGS_MANAGE}),
+        "domain_verification",
     ),
 }
 
@@ -146,8 +151,19 @@ async def create_link(
     """
     chosen = parse_intent(intent)
     seconds = check_ttl(settings, ttl)
-    if not await Organization.exists().where(Organization.id == organization_id):
+    organization = (
+        await Organization.select(Organization.features)
+        .where(Organization.id == organization_id)
+        .first()
+        .output(load_json=True)
+    )
+    if organization is None:
         raise InvalidInput("organization", "No such organization.")
+    if chosen.feature not in (organization["features"] or ()):
+        # entitlement check: a link to a widget the organization cannot open would only show a 403.
+        raise InvalidInput(
+            "intent", f"{chosen.title} is not enabled for this organization (feature {chosen.feature})."
+        )
     token = new_secret(TOKEN_PREFIX)
     now = clock.utcnow()
     link = SetupLink(

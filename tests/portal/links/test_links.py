@@ -13,7 +13,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from portal.cli import main
 from portal.core.settings import Settings
-from portal.core.tables import AuditEvent, Domain, SetupLink
+from portal.core.tables import AuditEvent, Domain, Organization, SetupLink
 from portal.links import service
 from portal.web.guard import UNAUTHENTICATED_PREFIXES
 from tests.conftest import POLICY_DIR, FrozenClock
@@ -299,10 +299,23 @@ async def test_changes_are_audited_as_the_it_admin(
     assert service.describe_actor(audit[0]["actor_id"]) == "IT admin via setup link"
 
 
+@pytest.mark.parametrize("intent", list(service.INTENTS))
+async def test_no_link_for_an_organization_without_the_feature(
+    settings: Settings, world: dict[str, Any], intent: str
+) -> None:
+    with pytest.raises(service.InvalidInput) as caught:
+        await service.create_link(settings, world["bare"]["id"], intent)
+    assert caught.value.field == "intent"
+    assert f"(feature {intent})" in caught.value.message
+    assert await SetupLink.count() == 0
+
+
 async def test_organization_without_the_feature_gets_403_naming_it(
     client: httpx.AsyncClient, world: dict[str, Any]
 ) -> None:
-    await sign_in_link(client, world["bare"])
+    # The feature is switched off after the link was opened.
+    await sign_in_link(client, world["acme"])
+    await Organization.update({Organization.features: ["sso"]}).where(Organization.id == world["acme"]["id"])
     page = await client.get(DOMAINS, headers=JSON)
     assert page.status_code == 403
     assert page.json()["error"]["missing"] == "domain_verification"

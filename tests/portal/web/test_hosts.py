@@ -116,7 +116,7 @@ async def test_mail_and_setup_links_use_the_canonical_url(
             await asyncio.sleep(0.05)
     body = mail.to("alice@acme.test")[-1].get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
     assert CANONICAL in body and "portal.internal" not in body
-    created = await links.create_link(mailing, org["id"], "sso")
+    created = await links.create_link(mailing, org["id"], "domain_verification")
     assert created.url.startswith(CANONICAL + "/setup/")
 
 

@@ -17,7 +17,7 @@ from piccolo.engine.base import Engine
 from policy import PolicyEngine
 from portal.core import clock
 from portal.core.settings import Settings
-from portal.core.tables import AuditEvent, Domain
+from portal.core.tables import AuditEvent, Domain, Organization
 from portal.jobs import InlineQueue
 from portal.web.app import create_app
 from portal.web.registry import WidgetRegistry
@@ -293,6 +293,9 @@ async def test_setup_link_session_for_another_intent_is_refused_naming_it(
     token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
     assert token
     client.cookies.delete("portal_setup")
+    await Organization.update({Organization.features: [FEATURE, "sso"]}).where(
+        Organization.id == world["acme"]["id"]
+    )
     await sign_in_link(client, world["acme"], "sso")
     path = URL + suffix.format(id=acme_domain["id"])
     data = {"_csrf_token": token.group(1), "domain": "new.example.com"}
@@ -321,7 +324,9 @@ async def test_setup_link_session_of_another_organization_finds_nothing(
 async def test_setup_link_session_without_the_feature_is_refused(
     client: httpx.AsyncClient, world: dict[str, Any]
 ) -> None:
-    await sign_in_link(client, world["initech"], "domain_verification")
+    # The feature is switched off after the link was opened (no link is made without it).
+    await sign_in_link(client, world["acme"], "domain_verification")
+    await Organization.update({Organization.features: []}).where(Organization.id == world["acme"]["id"])
     api = await client.get(URL, headers=JSON)
     assert api.status_code == 403
     assert api.json()["error"]["reason"] == "feature_disabled" and api.json()["error"]["missing"] == FEATURE
