@@ -126,6 +126,10 @@ def test_cli_create_list_revoke(run, world: dict[str, Any]) -> None:  # type: ig
             "must be between 1 minute and 7 days",
         ),
         (("link", "create", "nope", "--intent", "sso"), "no organization 'nope'"),
+        (
+            ("link", "create", "bare", "--intent", "scim"),
+            "SCIM provisioning is not enabled for this organization",
+        ),
         (("link", "list", "nope"), "no organization 'nope'"),
     ],
 )
