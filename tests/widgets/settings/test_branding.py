@@ -413,3 +413,18 @@ async def test_setup_link_pages_show_the_organization_branding(
     assert used.status_code == 410
     assert f'href="/brand/{world["acme"]["id"]}.css?v=' in used.text
     assert f'src="/brand/{world["acme"]["id"]}/logo?v=' in used.text and 'alt="Acme"' in used.text
+
+
+async def test_members_see_the_branding_without_the_forms(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    await OrganizationBrand(organization=world["acme"]["id"], primary_color="#1d4ed8").save()
+    await sign_in(client, world["bob"], world["acme"])
+    page = await client.get(URL, headers=HTML)
+    assert page.status_code == 200
+    assert 'id="branding-heading">Branding</h2>' in page.text
+    assert "<code>#1d4ed8</code>" in page.text
+    assert COLOR not in page.text and LOGO not in page.text
+    client.cookies.clear()
+    await sign_in(client, world["alice"], world["plain"])
+    assert "Branding</h2>" not in (await client.get(URL, headers=HTML)).text
