@@ -136,3 +136,21 @@ async def make_invitation(
     )
     await invitation.save()
     return invitation.id, token
+
+
+# --- issue 14: setup links --------------------------------------------------------------------------------
+
+
+async def sign_in_link(
+    client: httpx.AsyncClient, organization: dict[str, Any] | str, intent: str = "domain_verification"
+) -> str:
+    """Open a new setup link for ``organization`` and ``intent`` (as ``/setup/<token>`` would) and give the
+    client its session cookie: the hostile matrix's setup-link principal. Returns the link's id."""
+    from portal.links import service
+
+    settings = _settings_of(client)
+    org_id = organization if isinstance(organization, str) else organization["id"]
+    created = await service.create_link(settings, org_id, intent)
+    token, link = await service.open_link(settings, created.url.rsplit("/", 1)[1])
+    client.cookies.set(service.cookie_name(settings), token)
+    return str(link["id"])

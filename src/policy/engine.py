@@ -84,6 +84,26 @@ class PolicyEngine:
             cache[key] = decision
         return decision
 
+    def decide_granted(
+        self,
+        granted: frozenset[Permission],
+        features: Iterable[str],
+        permission: Permission,
+        requires: Feature | None = None,
+    ) -> Decision:
+        """Like :meth:`decide` for a principal holding a fixed set of permissions instead of roles (a setup-link
+        session): the same feature requirements apply, then the permission must be in ``granted``."""
+        permission = Permission(permission)
+        needed = self._state.compiled.requirements[permission]
+        if requires is not None:
+            needed = needed | {Feature(requires)}
+        missing = needed.difference(_KNOWN_FEATURES.intersection(features))
+        if missing:
+            return Decision.deny(DenyReason.FEATURE_DISABLED, min(missing).value)
+        if permission not in granted:
+            return Decision.deny(DenyReason.MISSING_PERMISSION, permission.value)
+        return _ALLOW
+
     @staticmethod
     def _evaluate(
         compiled: CompiledPolicy,

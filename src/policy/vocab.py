@@ -34,6 +34,8 @@ class Feature(enum.StrEnum):
     SESSION_POLICY = "session_policy"
     #: issue 11: the Audit log widget.
     AUDIT_LOG = "audit_log"
+    #: Issue 14: the organization's own logo and colour in the portal (Organization settings).
+    ORG_BRANDING = "org_branding"
 
 
 class DenyReason(enum.StrEnum):

@@ -17,6 +17,7 @@ from portal.auth import accounts
 from portal.core import db, logs
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings, SettingsError, ensure_secret_key, load_settings
+from portal.links import cli as links_cli
 from portal.oidc import cli as oidc_cli
 from portal.scim import cli as scim_cli
 from portal.web.forms import FormErrors
@@ -429,6 +430,7 @@ main.add_command(oidc_cli.keys_group)  # issue 10: portal keys rotate
 main.add_command(api_cli.api_key)  # issue 11: portal api-key ...
 main.add_command(webhooks_cli.webhook)  # issue 11: portal webhook ...
 main.add_command(scim_cli.scim_group)  # issue 13: portal scim create|rotate|revoke
+main.add_command(links_cli.link)  # issue 14: portal link create|list|revoke
 
 
 if __name__ == "__main__":

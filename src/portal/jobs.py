@@ -36,6 +36,7 @@ JOB_MODULES: tuple[str, ...] = (
     "portal.oidc.logout",  # issue 10: back-channel logout
     "portal.webhooks.delivery",  # issue 11: webhook deliveries
     "widgets.sso.jobs",  # issue 12: metadata refresh, certificate warnings
+    "portal.links.jobs",  # issue 14: purge dead setup links
 )
 
 

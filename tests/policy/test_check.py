@@ -79,7 +79,7 @@ def test_problem_format() -> None:
         ("p2, sk_org_sso_read, ssso", "unknown feature 'ssso', did you mean sso?"),
         (
             "p2, sk_org_sso_read, teleport",
-            "unknown feature 'teleport' (valid: sso, scim, domain_verification, session_policy, audit_log)",
+            "unknown feature 'teleport' (valid: sso, scim, domain_verification, session_policy, audit_log, org_branding)",
         ),
         ("p2, sk_org_sso_reed, sso", "unknown permission 'sk_org_sso_reed', did you mean sk_org_sso_read?"),
         ("p, , sk_org_users_read", "p row has an empty role"),

@@ -43,7 +43,7 @@ def test_demo_is_idempotent_and_explain_shows_each_permission(run) -> None:  # t
     code, out, _ = run("policy", "explain", "--user", "alice@acme.test", "--org", "acme")
     assert code == 0, out
     assert "roles:        admin" in out
-    assert "features:     audit_log, domain_verification, scim, session_policy, sso" in out
+    assert "features:     audit_log, domain_verification, org_branding, scim, session_policy, sso" in out
     # The permissions section (the widgets section after it repeats manage permissions per widget).
     permissions = out.split("\nwidgets\n", 1)[0]
     permission_lines = [line for line in permissions.splitlines() if line.strip().startswith("sk_org_")]

@@ -87,6 +87,10 @@ async def sync_member_keys(user_id: str) -> None:
 # --- end member keys
 
 
+#: Issue 14: the actor of audit rows written by a setup-link session (``actor_id`` is the link's ``lnk_…`` id).
+SETUP_LINK_ACTOR = "IT admin via setup link"
+
+
 async def audit(
     action: str,
     *,
@@ -98,6 +102,9 @@ async def audit(
 ) -> None:
     """Write one audit event (DESIGN §3: every change made through the portal), and the webhook event it
     stands for (issue 11), in the caller's transaction: call it inside the change's own transaction."""
+    if actor_id is not None and actor_id.startswith("lnk_"):
+        # Issue 14: a setup-link session acts as the link (no account); the row says so in words too.
+        details = {**(details or {}), "actor": SETUP_LINK_ACTOR}
     await AuditEvent(
         organization_id=organization_id,
         actor_id=actor_id or None,  # "" is the operator (the portal command)

@@ -7,7 +7,24 @@ import hmac
 import secrets
 
 PREFIXES = frozenset(
-    {"org", "usr", "mem", "inv", "dom", "ses", "pk", "aud", "chl", "sso", "ssr", "scd", "sct", "scu", "scg"}
+    {
+        "org",
+        "usr",
+        "mem",
+        "inv",
+        "dom",
+        "ses",
+        "pk",
+        "aud",
+        "chl",
+        "sso",
+        "ssr",
+        "scd",
+        "sct",
+        "scu",
+        "scg",
+        "lnk",
+    }
 )
 
 
@@ -94,3 +111,8 @@ def scim_user_id() -> str:
 
 def scim_group_id() -> str:
     return new_id("scg")
+
+
+# --- issue 14: links
+def setup_link_id() -> str:
+    return new_id("lnk")

@@ -24,6 +24,30 @@ Seconds = Annotated[int, msgspec.Meta(ge=1, extra={"duration": True})]
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _COLOUR = re.compile(r"^#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6})$")
+# --- issue 14: links
+#: Names that always mean this machine.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+
+def _is_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.path or parts.query:
+        return False
+    if parts.fragment or parts.username or parts.password or "*" in value:
+        return False
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_NAMES:
+        return False
+    return port is None or 0 < port < 65536
+
+
+# --- end issue 14: links
 
 
 class SettingsError(Exception):
@@ -133,6 +157,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     scim_max_page_size: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 200
     # --- end issue 13: scim
 
+    # --- issue 14: links
+    #: Longest life of a session opened by a setup link (it cannot be extended).
+    admin_portal_session_ttl: Seconds = 60 * 60
+    #: How long a new setup link can be opened, unless ``--ttl`` (or the API) says otherwise.
+    admin_portal_link_ttl: Seconds = 15 * 60
+    #: Origins (``https://app.example.com``) allowed to frame the setup-link pages; empty: nobody.
+    admin_portal_frame_ancestors: list[str] = msgspec.field(default_factory=list)
+    #: Host names besides the public URL's that requests may be addressed to (comma-separated).
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Largest organization logo upload, in bytes.
+    brand_logo_max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=5 * 1024 * 1024)] = 256 * 1024
+    # --- end issue 14: links
+
     def __post_init__(self) -> None:
         # --- issue 16: newuser
         if not self.database_url:
@@ -183,6 +220,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                     "trusted_proxies", f"{network!r} is not an IP address or network (CIDR)"
                 ) from None
         # --- end issue 15: serving
+        # --- issue 14: links
+        for origin in self.admin_portal_frame_ancestors:
+            if not _is_origin(origin):
+                raise SettingsError(
+                    "admin_portal_frame_ancestors",
+                    f"{origin!r} is not an origin such as https://app.example.com (scheme, host, optional port;"
+                    " http only for loopback)",
+                )
+        public_host = (urlsplit(self.public_url).hostname or "").lower()
+        if self.admin_portal_frame_ancestors and not (self.secure or public_host in LOOPBACK_NAMES):
+            raise SettingsError(
+                "admin_portal_frame_ancestors",
+                "needs an https PORTAL_PUBLIC_URL: browsers keep cookies in a third-party frame only when they"
+                " are Secure (loopback development URLs aside)",
+            )
+        for name in self.allowed_hosts:
+            if not _HOST_NAME.match(name):
+                raise SettingsError(
+                    "allowed_hosts", f"{name!r} is not a host name such as portal.example.com"
+                )
+        # --- end issue 14: links
 
     @property
     def secure(self) -> bool:
@@ -193,6 +251,24 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def origin(self) -> str:
         """The public origin without a trailing slash."""
         return self.public_url.rstrip("/")
+
+    # --- issue 14: links
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        """Host names (lowercase, no port) requests may name: the public URL's, ``PORTAL_ALLOWED_HOSTS``, and the
+        loopback names when the public URL is itself on loopback (development and tests)."""
+        public = (urlsplit(self.public_url).hostname or "").lower()
+        names = {public, *(name.lower() for name in self.allowed_hosts)}
+        if public in LOOPBACK_NAMES:
+            names |= LOOPBACK_NAMES
+        return frozenset(names)
+
+    @property
+    def loopback(self) -> bool:
+        """True when the public URL is on this machine (browsers treat such origins as secure contexts)."""
+        return (urlsplit(self.public_url).hostname or "").lower() in LOOPBACK_NAMES
+
+    # --- end issue 14: links
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -208,6 +284,12 @@ def _describe(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{suffix}"
     return f"{seconds}s"
+
+
+def parse_duration(raw: str) -> int | None:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` → seconds; None when it is not a duration (issue 14: CLI ``--ttl``)."""
+    match = _DURATION.match(raw)
+    return None if match is None else int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def _parse(field: str, annotation: Any, raw: str) -> Any:
@@ -229,7 +311,13 @@ def _parse(field: str, annotation: Any, raw: str) -> Any:
 
 _OPTIONAL = {"redis_url", "brand_logo_url", "brand_favicon_url", "smtp_url", "guides_dir"}
 #: Comma-separated list settings.
-_LISTS = {"dns_nameservers", "previous_secret_keys", "trusted_proxies"}
+_LISTS = {
+    "dns_nameservers",
+    "previous_secret_keys",
+    "trusted_proxies",
+    "admin_portal_frame_ancestors",
+    "allowed_hosts",
+}
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:

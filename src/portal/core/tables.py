@@ -537,6 +537,8 @@ class ApiIdempotency(Table, tablename="api_idempotency"):
 
 
 # --- end issue 11: api
+
+
 # --- issue 11: webhooks -----------------------------------------------------------------------------------
 def webhook_endpoint_id() -> str:
     return f"whe_{secrets.token_urlsafe(16)}"
@@ -571,24 +573,6 @@ class WebhookEndpoint(Table, tablename="webhook_endpoint"):
     disabled_at = Timestamptz(null=True, default=None)
     #: Start of the current run of failed attempts; cleared by a success.
     failing_since = Timestamptz(null=True, default=None)
-
-
-# --- issue 13: scim ---------------------------------------------------------------------------------------
-class ScimDirectory(Table, tablename="scim_directory"):
-    """An organization's SCIM 2.0 directory: its IdP pushes users and groups to ``/scim/v2/<id>/`` (DESIGN §16)."""
-
-    #: ``scd_…``
-    id = Varchar(length=40, primary_key=True, default=ids.scim_directory_id)
-    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
-    name = Varchar(length=200)
-    #: The guide it was set up with: ``okta``, ``entra``, ``jumpcloud``, ``onelogin`` or ``generic``.
-    provider = Varchar(length=40, default="generic")
-    #: SCIM group id → role keys: ``{"scg_…": ["admin"]}``; members get the union of their groups' roles.
-    group_roles = JSON(default={})
-    #: Roles of a member the directory creates (before any group maps more).
-    default_roles = JSON(default=["member"])
-    #: Last self-test: ``{"ok": bool, "at": iso, "steps": [{"name", "ok", "detail"}]}``.
-    self_test = JSON(default={})
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
 
@@ -646,6 +630,28 @@ class WebhookAttempt(Table, tablename="webhook_attempt"):
 
 
 # --- end issue 11: webhooks
+
+
+# --- issue 13: scim ---------------------------------------------------------------------------------------
+class ScimDirectory(Table, tablename="scim_directory"):
+    """An organization's SCIM 2.0 directory: its IdP pushes users and groups to ``/scim/v2/<id>/`` (DESIGN §16)."""
+
+    #: ``scd_…``
+    id = Varchar(length=40, primary_key=True, default=ids.scim_directory_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
+    name = Varchar(length=200)
+    #: The guide it was set up with: ``okta``, ``entra``, ``jumpcloud``, ``onelogin`` or ``generic``.
+    provider = Varchar(length=40, default="generic")
+    #: SCIM group id → role keys: ``{"scg_…": ["admin"]}``; members get the union of their groups' roles.
+    group_roles = JSON(default={})
+    #: Roles of a member the directory creates (before any group maps more).
+    default_roles = JSON(default=["member"])
+    #: Last self-test: ``{"ok": bool, "at": iso, "steps": [{"name", "ok", "detail"}]}``.
+    self_test = JSON(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
 class ScimToken(Table, tablename="scim_token"):
     """A directory's bearer token (``portal_scim_…``); only its SHA-256 is stored."""
 
@@ -737,6 +743,57 @@ class ScimRequest(Table, tablename="scim_request"):
 # --- end issue 13: scim
 
 
+# --- issue 14: links (portal_0018) ---------------------------------------------------------------------
+class SetupLink(Table, tablename="setup_link"):
+    """A one-time link for an IT admin outside the app (DESIGN §18): opening it starts a session limited to one
+    organization and one intent. Only the hashes of the link's token and of the session cookie are stored."""
+
+    #: ``lnk_…``
+    id = Varchar(length=40, primary_key=True, default=ids.setup_link_id)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, index=True)
+    #: ``sso``, ``scim`` or ``domain_verification`` (``portal.links.service.INTENTS``).
+    intent = Varchar(length=30)
+    #: SHA-256 of the link's token (``portal_lnk_…``).
+    token_hash = Varchar(length=64, unique=True)
+    #: Who made it: ``cli`` or ``api:<credential id>``.
+    created_by = Varchar(length=200, default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+    #: The link must be opened before this.
+    expires_at = Timestamptz(index=True)
+    #: Set once, atomically, by the one request that opens it.
+    opened_at = Timestamptz(null=True, default=None)
+    #: Revoking ends the link and the session it opened.
+    revoked_at = Timestamptz(null=True, default=None)
+    #: SHA-256 of the session cookie the opening started (NULL until opened).
+    session_token_hash = Varchar(length=64, null=True, default=None, unique=True)
+    #: The session's hard end: opening time + ``PORTAL_ADMIN_PORTAL_SESSION_TTL``.
+    session_expires_at = Timestamptz(null=True, default=None)
+    #: Set when the IT admin signs out.
+    session_ended_at = Timestamptz(null=True, default=None)
+    ip = Varchar(length=45, default="")
+    user_agent = Varchar(length=500, default="")
+
+
+class OrganizationBrand(Table, tablename="organization_brand"):
+    """An organization's logo and primary colour (feature ``org_branding``); one row per organization, kept
+    out of ``organization`` so that the per-request session query does not carry the logo."""
+
+    id = BigSerial(primary_key=True)
+    organization = ForeignKey(references=Organization, on_delete=OnDelete.cascade, null=False, unique=True)
+    #: ``#rrggbb``, checked for WCAG AA contrast against white text; NULL: the app's colour.
+    primary_color = Varchar(length=7, null=True, default=None)
+    #: The logo's bytes, base64 (checked PNG or JPEG, or sanitized SVG); NULL: none.
+    logo = Text(null=True, default=None)
+    #: ``image/png``, ``image/jpeg`` or ``image/svg+xml``.
+    logo_type = Varchar(length=40, null=True, default=None)
+    #: SHA-256 of the logo's bytes (ETag and cache-busting query).
+    logo_sha256 = Varchar(length=64, null=True, default=None)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+# --- end issue 14: links
+
+
 TABLES: tuple[type[Table], ...] = (
     Organization,
     User,
@@ -771,6 +828,8 @@ TABLES: tuple[type[Table], ...] = (
     ScimGroup,
     ScimGroupMember,
     ScimRequest,
+    SetupLink,  # issue 14: links
+    OrganizationBrand,
 )
 
 #: Columns holding values sealed by :mod:`portal.core.crypto`, as (table, column, purpose): what

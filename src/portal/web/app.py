@@ -22,16 +22,20 @@ from litestar.template.config import TemplateConfig
 from piccolo.engine.base import Engine
 
 from policy import PolicyEngine, PolicyError
-from portal import api, oidc, scim
+from portal import api, links, oidc, scim
 from portal.auth import login, passkey_login
 from portal.core import db, logs
 from portal.core.settings import Settings, ensure_secret_key
 from portal.jobs import ArqQueue, InlineQueue, load_job_modules, make_queue
+from portal.links.service import frameable_cookies
 from portal.sso import routes as sso_routes
-from portal.web import shell
+from portal.web import branding, shell
 from portal.web.guard import SessionMiddleware, policy_guard
 from portal.web.http import (
+    LOGO_HEADERS,
+    AllowedHostsMiddleware,
     RequestLogMiddleware,
+    framed_headers,
     http_exception_handler,
     internal_error_handler,
     security_headers,
@@ -94,7 +98,10 @@ async def release_connection(response: Response[Any]) -> Response[Any]:
 
 def template_dirs(registry: WidgetRegistry) -> list[Path | PathLike[Any] | str]:
     """The shell's templates, then each widget package's ``templates/`` (namespaced by widget)."""
-    dirs: list[Path | PathLike[Any] | str] = [PACKAGE_DIR / "templates"]
+    dirs: list[Path | PathLike[Any] | str] = [
+        PACKAGE_DIR / "templates",
+        PACKAGE_DIR.parent / "links" / "templates",
+    ]
     dirs.extend(sorted(p for p in WIDGETS_DIR.glob("*/templates") if p.is_dir()))
     return dirs
 
@@ -161,6 +168,8 @@ def create_app(
             *sso_routes.HANDLERS,  # issue 12: sso
             *api.HANDLERS,  # issue 11: management API
             *scim.HANDLERS,  # issue 13: scim
+            *links.HANDLERS,  # issue 14: links
+            *branding.HANDLERS,  # issue 14: links (organization branding)
             *registry.handlers(),
         ],
         guards=[policy_guard],
@@ -168,9 +177,10 @@ def create_app(
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
             cookie_name="__Host-portal_csrf" if settings.secure else "portal_csrf",
-            cookie_secure=settings.secure,
+            # Issue 14: forms in a framed setup-link page need the CSRF cookie in a third-party context.
+            cookie_secure=settings.secure or frameable_cookies(settings),
             cookie_httponly=True,
-            cookie_samesite="lax",
+            cookie_samesite="none" if frameable_cookies(settings) else "lax",
         ),
         state=State(
             {"settings": settings, "engine": engine, "policy": policy, "registry": registry, "jobs": queue}
@@ -200,8 +210,12 @@ def create_app(
         debug=False,
     )
     # Outermost, so that unmatched paths (404 before any route middleware) get an id, the security headers and
-    # a log line too.
+    # a log line too; then the Host check (issue 14), before anything else looks at the request.
     app.asgi_handler = RequestLogMiddleware(
-        db.ConnectionPerRequest(app.asgi_handler), security_headers(settings)
+        AllowedHostsMiddleware(db.ConnectionPerRequest(app.asgi_handler), settings),
+        security_headers(settings),
+        framed=framed_headers(settings),
+        logo=LOGO_HEADERS,
+        partition=frameable_cookies(settings),
     )
     return app

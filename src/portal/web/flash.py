@@ -12,6 +12,7 @@ from litestar import Request, Response
 from litestar.datastructures import Cookie
 
 from portal.core.settings import Settings
+from portal.links.service import frameable_cookies
 
 COOKIE = "portal_flash"
 
@@ -24,10 +25,15 @@ def _sign(settings: Settings, payload: bytes) -> str:
 def flash(response: Response[Any], settings: Settings, message: str, kind: str = "ok") -> Response[Any]:
     """Attach a message (``ok`` or ``error``) for the next page the browser opens."""
     payload = json.dumps([kind, message[:300]]).encode()
-    response.set_cookie(
-        COOKIE, _sign(settings, payload), path="/", httponly=True, samesite="lax", secure=settings.secure
-    )
+    response.set_cookie(COOKIE, _sign(settings, payload), path="/", httponly=True, **_site(settings))
     return response
+
+
+def _site(settings: Settings) -> dict[str, Any]:
+    # Issue 14: in a framed setup-link page the message must survive a third-party context.
+    if frameable_cookies(settings):
+        return {"samesite": "none", "secure": True}
+    return {"samesite": "lax", "secure": settings.secure}
 
 
 def read(request: Request[Any, Any, Any], settings: Settings) -> dict[str, str] | None:
@@ -49,6 +55,4 @@ def read(request: Request[Any, Any, Any], settings: Settings) -> dict[str, str] 
 
 def clear_cookie(settings: Settings) -> Cookie:
     """The cookie that removes a shown message."""
-    return Cookie(
-        key=COOKIE, value="", path="/", max_age=0, httponly=True, samesite="lax", secure=settings.secure
-    )
+    return Cookie(key=COOKIE, value="", path="/", max_age=0, httponly=True, **_site(settings))

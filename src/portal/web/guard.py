@@ -16,9 +16,19 @@ from policy import Decision, Feature, Permission, PolicyEngine
 from portal.auth import sessions
 from portal.core import db
 from portal.core.settings import Settings
+from portal.links import service as links
+from portal.links.service import SetupGrant
+from portal.web import branding
+from portal.web.registry import Widget, WidgetRegistry
 
 #: Paths that never need a session; skipping them saves the session query.
-UNAUTHENTICATED_PREFIXES = ("/static/", "/healthz", "/readyz", "/scim/v2/")  # SCIM: bearer tokens (issue 13)
+UNAUTHENTICATED_PREFIXES = (
+    "/static/",
+    "/healthz",
+    "/readyz",
+    "/brand/",
+    "/scim/v2/",
+)  # SCIM: bearer tokens (issue 13)
 
 
 @dataclass(slots=True)
@@ -33,6 +43,9 @@ class Auth:
     features: frozenset[str]
     #: Every organization the user is an active member of: id, name, display_name (for the switcher).
     organizations: list[dict[str, Any]] = field(default_factory=list)
+    #: Issue 14: set for a setup-link session. Such a principal has no account and no roles: it holds the
+    #: intent's fixed permissions in ``organization`` and may open only the intent's widget.
+    link: SetupGrant | None = None
 
     @property
     def organization_id(self) -> str | None:
@@ -43,7 +56,21 @@ class Auth:
         self, policy: PolicyEngine, permission: Permission, requires: Feature | None = None
     ) -> Decision:
         """The policy decision for this user in the active organization."""
+        if self.link is not None:
+            return policy.decide_granted(self.link.permissions, self.features, permission, requires=requires)
         return policy.decide(self.roles, self.features, permission, requires=requires)
+
+    def visible(self, policy: PolicyEngine, registry: WidgetRegistry) -> list[Widget]:
+        """The widgets this principal may open: navigation and home cards (the guard decides the same way)."""
+        if self.link is None:
+            return registry.visible(policy, self.roles, self.features)
+        return [
+            widget
+            for widget in registry
+            if widget.key == self.link.intent.widget
+            and widget.read_permission is not None
+            and self.decide(policy, widget.read_permission, widget.feature)
+        ]
 
 
 #: The user's active memberships with their organizations' names, for the guard and the switcher.
@@ -72,6 +99,27 @@ async def load_auth(settings: Settings, token: str | None) -> tuple[Auth | None,
     return Auth(resolved.session, resolved.user, organization, roles, features, organizations), None
 
 
+async def load_link_auth(token: str | None) -> Auth | None:
+    """A setup-link session's principal (issue 14): no account, no roles, the intent's permissions only. Its
+    ``user`` stands for the link, so audit rows carry the link's id as actor (shown as "IT admin via setup
+    link")."""
+    resolved = await links.resolve_session(token)
+    if resolved is None:
+        return None
+    link, organization = resolved
+    grant = links.grant_of(link)
+    actor = {
+        "id": link["id"],
+        "email": "",
+        "display_name": links.ACTOR_LABEL,
+        "given_name": "",
+        "family_name": "",
+    }
+    session = {"id": link["id"], "created_at": link["opened_at"], "auth_method": "setup_link"}
+    features = frozenset(organization["features"] or ())
+    return Auth(session, actor, organization, None, features, [], link=grant)
+
+
 class SessionMiddleware:
     """Resolve the session cookie before guards run, so the guard can read ``scope["state"]["auth"]``."""
 
@@ -81,11 +129,17 @@ class SessionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP and not scope["path"].startswith(UNAUTHENTICATED_PREFIXES):
             settings: Settings = scope["litestar_app"].state.settings
-            token = _cookie(scope, sessions.cookie_name(settings))
-            auth, ended = await load_auth(settings, token)
+            # A setup-link session (issue 14) takes precedence: while it lives, this browser acts as the link.
+            auth = await load_link_auth(_cookie(scope, links.cookie_name(settings)))
+            ended = None
+            if auth is None:
+                token = _cookie(scope, sessions.cookie_name(settings))
+                auth, ended = await load_auth(settings, token)
             state = scope.setdefault("state", {})
             state["auth"] = auth
             state["session_ended"] = ended
+            # Issue 14: the organization's branding, for the layout (one query, only with org_branding on).
+            state["brand"] = await branding.brand_for(settings, auth.organization if auth else None)
         await self.app(scope, receive, send)
 
 
@@ -136,6 +190,19 @@ _FEATURE_TITLES = {
 }
 
 
+class OutsideIntent(PermissionDeniedException):
+    """A setup-link session asked for a page outside its intent (issue 14)."""
+
+    def __init__(self, grant: SetupGrant) -> None:
+        self.intent = grant.intent.key
+        super().__init__(
+            detail=(
+                f"This session was opened by a setup link for {grant.intent.title.lower()}"
+                f" (intent {grant.intent.key}): it can only open {grant.intent.title}."
+            )
+        )
+
+
 def describe_denial(decision: Decision, policy: PolicyEngine | None = None) -> str:
     """A sentence for the 403 page that names what is missing, in the policy's words with the key after."""
     reason = decision.reason.value if decision.reason else ""
@@ -159,9 +226,13 @@ async def policy_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     A coroutine although it never awaits: Litestar runs a synchronous guard in a worker thread, a thread hop on
     every request."""
     opt = handler.opt
+    auth = auth_of(connection)
+    if auth is not None and auth.link is not None and not auth.link.allows_path(connection.scope["path"]):
+        # Issue 14: a setup-link session is refused everything outside its intent, public pages included
+        # (sign-in, the OpenID Provider...), so it can never stand in for an account.
+        raise OutsideIntent(auth.link)
     if opt.get("public"):
         return
-    auth = auth_of(connection)
     if auth is None:
         raise SignInRequired()
     if opt.get("authenticated"):

@@ -9,7 +9,7 @@ from litestar.response import Template
 
 from policy import Feature, Permission, PolicyEngine
 from portal.core.settings import Settings
-from portal.web import flash
+from portal.web import branding, flash
 from portal.web.guard import auth_of
 from portal.web.registry import Section, Widget, WidgetRegistry
 
@@ -42,7 +42,7 @@ def render(
     auth = auth_of(request)
     nav: dict[str, list[Widget]] = {Section.ORGANIZATION.value: [], Section.ACCOUNT.value: []}
     if auth is not None:
-        for item in registry.visible(policy, auth.roles, auth.features):
+        for item in auth.visible(policy, registry):
             nav[item.section.value].append(item)
 
     def can(permission: Permission | str, feature: Feature | None = None) -> bool:
@@ -53,11 +53,8 @@ def render(
 
     message = flash.read(request, settings)
     base = {
-        "brand": {
-            "name": settings.brand_name,
-            "logo_url": settings.brand_logo_url,
-            "favicon_url": settings.brand_favicon_url,
-        },
+        # Issue 14: the active organization's branding where org_branding is on (loaded by the middleware).
+        "brand": request.scope.get("state", {}).get("brand") or branding.app_brand(settings),
         "auth": auth,
         "nav": nav,
         "widget": widget,

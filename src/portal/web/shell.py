@@ -12,6 +12,8 @@ from litestar.response import Redirect
 
 from portal.auth import accounts, sessions
 from portal.core.settings import Settings
+from portal.links import routes as link_routes
+from portal.links import service as links
 from portal.web.guard import auth_of, require_auth
 from portal.web.pages import render
 from portal.web.registry import Section, WidgetRegistry
@@ -45,11 +47,14 @@ def root() -> Redirect:
 async def home(request: Request[Any, Any, Any]) -> Response[Any]:
     """The portal home: the active organization and a card per widget the user may open."""
     auth = require_auth(request)
+    if auth.link is not None:
+        # Issue 14: a setup-link session has one widget; its home is that widget.
+        return Redirect(auth.link.intent.url, status_code=303)
     if auth.organization is None and len(auth.organizations) > 1:
         return Redirect("/ui/organizations", status_code=303)
     registry: WidgetRegistry = request.app.state.registry
     policy = request.app.state.policy
-    cards = registry.visible(policy, auth.roles, auth.features)
+    cards = auth.visible(policy, registry)
     return render(
         request,
         "portal/home.html",
@@ -96,6 +101,12 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
     """Revoke the session, clear the cookie and show the login page (CSRF-protected like every POST)."""
     settings: Settings = request.app.state.settings
     auth = auth_of(request)
+    if auth is not None and auth.link is not None:
+        # Issue 14: a setup-link session ends; there is no account to sign in to again.
+        await links.end_session(auth.link.link_id, ip=client_ip(request))
+        ended: Response[Any] = render(request, "links/signed_out.html", auth=None)
+        ended.set_cookie(link_routes.session_cookie(settings, "", max_age=0))
+        return ended
     if auth is not None:
         await sessions.revoke(auth.session["id"], "logout")
         await accounts.audit(

@@ -27,3 +27,9 @@ class OrganizationSettings(msgspec.Struct, frozen=True):
     allowed_email_domains: list[str]
     #: Of the allowed domains, those the organization has verified by DNS (Domains widget).
     verified_domains: frozenset[str] = frozenset()
+
+
+class ColorForm(msgspec.Struct):
+    """Issue 14: the branding colour form (``#rrggbb``; empty resets to the app's colour)."""
+
+    primary_color: str = ""

@@ -17,13 +17,13 @@ from piccolo.engine.base import Engine
 from policy import PolicyEngine
 from portal.core import clock
 from portal.core.settings import Settings
-from portal.core.tables import AuditEvent, Domain
+from portal.core.tables import AuditEvent, Domain, Organization
 from portal.jobs import InlineQueue
 from portal.web.app import create_app
 from portal.web.registry import WidgetRegistry
 from tests.conftest import serve
 from tests.dnsserver import Mode, Zone
-from tests.factories import make_member, make_org, make_user, sign_in
+from tests.factories import make_member, make_org, make_user, sign_in, sign_in_link
 from widgets.domains import WIDGET, service
 from widgets.domains.verification import record_name, record_value
 
@@ -257,6 +257,80 @@ async def test_another_organizations_domain_is_not_found(
     assert await audit("domain.deleted") == [] and await audit("domain.verify_requested") == []
     page = await client.get(URL, headers=HTML)
     assert "acme.example.com" not in page.text
+
+
+# --- the hostile matrix, setup-link principal (issue 14) ---------------------------------------------------
+
+
+async def link_call(client: httpx.AsyncClient, method: str, path: str) -> httpx.Response:
+    """As :func:`call`, with the CSRF token from the Domains page (a setup-link session has no home page)."""
+    if method == "GET":
+        return await client.get(path, headers=JSON)
+    page = await client.get(URL, headers=HTML)
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token, "no CSRF token on the Domains page"
+    data = {"_csrf_token": token.group(1), "domain": "new.example.com"}
+    return await client.post(path, data=data, headers={**JSON, "x-csrftoken": data["_csrf_token"]})
+
+
+@pytest.mark.parametrize(("method", "suffix"), ROUTES)
+async def test_setup_link_session_for_domains_works_like_an_administrator(
+    client: httpx.AsyncClient, world: dict[str, Any], acme_domain: dict[str, Any], method: str, suffix: str
+) -> None:
+    link_id = await sign_in_link(client, world["acme"], "domain_verification")
+    response = await link_call(client, method, URL + suffix.format(id=acme_domain["id"]))
+    assert response.status_code == (200 if method == "GET" else 303), response.text
+    if method == "POST" and suffix == "":
+        [added] = await audit("domain.added")
+        assert added["actor_id"] == link_id and added["details"]["actor"] == "IT admin via setup link"
+
+
+@pytest.mark.parametrize(("method", "suffix"), ROUTES)
+async def test_setup_link_session_for_another_intent_is_refused_naming_it(
+    client: httpx.AsyncClient, world: dict[str, Any], acme_domain: dict[str, Any], method: str, suffix: str
+) -> None:
+    await sign_in_link(client, world["acme"], "domain_verification")
+    page = await client.get(URL, headers=HTML)
+    token = re.search(r'name="_csrf_token" value="([^"]+)"', page.text)
+    assert token
+    client.cookies.delete("portal_setup")
+    await Organization.update({Organization.features: [FEATURE, "sso"]}).where(
+        Organization.id == world["acme"]["id"]
+    )
+    await sign_in_link(client, world["acme"], "sso")
+    path = URL + suffix.format(id=acme_domain["id"])
+    data = {"_csrf_token": token.group(1), "domain": "new.example.com"}
+    if method == "GET":
+        response = await client.get(path, headers=JSON)
+    else:
+        response = await client.post(path, data=data, headers=JSON)
+    assert response.status_code == 403
+    assert response.json()["error"]["intent"] == "sso"
+    assert [r["domain"] for r in await rows(world["acme"]["id"])] == ["acme.example.com"]
+
+
+@pytest.mark.parametrize("action", ["verify", "delete"])
+async def test_setup_link_session_of_another_organization_finds_nothing(
+    client: httpx.AsyncClient, world: dict[str, Any], acme_domain: dict[str, Any], action: str
+) -> None:
+    await sign_in_link(client, world["globex"], "domain_verification")
+    response = await link_call(client, "POST", f"{URL}/{acme_domain['id']}/{action}")
+    assert response.status_code == 404
+    [row] = await rows(world["acme"]["id"])
+    assert row["status"] == "pending" and row["check_requested_at"] is None
+    page = await client.get(URL, headers=HTML)
+    assert "acme.example.com" not in page.text
+
+
+async def test_setup_link_session_without_the_feature_is_refused(
+    client: httpx.AsyncClient, world: dict[str, Any]
+) -> None:
+    # The feature is switched off after the link was opened (no link is made without it).
+    await sign_in_link(client, world["acme"], "domain_verification")
+    await Organization.update({Organization.features: []}).where(Organization.id == world["acme"]["id"])
+    api = await client.get(URL, headers=JSON)
+    assert api.status_code == 403
+    assert api.json()["error"]["reason"] == "feature_disabled" and api.json()["error"]["missing"] == FEATURE
 
 
 # --- adding --------------------------------------------------------------------------------------------
