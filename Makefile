@@ -54,6 +54,7 @@ bench: install
 	$(PY) bench/api.py
 	$(PY) bench/webhooks.py
 	$(PY) bench/scim.py
+	$(PY) bench/links.py
 
 # Re-pin every dependency (needs network): edit pyproject.toml, then `make lock`.
 lock: install

@@ -11,13 +11,11 @@ import sys
 
 import pytest
 
-from tests.conftest import ENGINE_KIND, PG_URL, ROOT, database_name, with_database_name
+from tests.conftest import PG_URL, ROOT, database_name, with_database_name
 
 pytestmark = [
     pytest.mark.db,
-    pytest.mark.skipif(
-        ENGINE_KIND != "postgres", reason="runs in the PostgreSQL phase (make test runs both)"
-    ),
+    pytest.mark.postgres,  # the PostgreSQL phase of `make test` runs it; the SQLite phase deselects it
     pytest.mark.timeout(180),
 ]
 

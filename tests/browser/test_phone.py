@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.async_api import Browser, Page, expect
 
 from policy import Feature, PolicyEngine
@@ -37,14 +36,13 @@ PAGES = {
 }
 
 
-def axe_source() -> str | None:
+def axe_source() -> str:
+    """axe-core's script: ``PORTAL_TEST_AXE_JS``, else the copy bundled in axe-playwright-python (dev extra)."""
     configured = os.environ.get("PORTAL_TEST_AXE_JS")
     if configured:
         return Path(configured).read_text()
-    try:
-        import axe_playwright_python  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+    import axe_playwright_python
+
     return (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text()
 
 
@@ -144,10 +142,6 @@ async def test_axe_finds_no_violations_at_phone_and_desktop_sizes(
     browser: Browser, live_server: LiveServer, policy: PolicyEngine, db: Any
 ) -> None:
     source = axe_source()
-    if source is None:
-        pytest.skip(
-            "axe-core is not available offline: set PORTAL_TEST_AXE_JS or install axe-playwright-python"
-        )
     found = await world(policy)
     report: dict[str, list[str]] = {}
     for label, viewport in (("phone", PHONE), ("desktop", DESKTOP)):

@@ -25,7 +25,6 @@ from portal.core import clock
 from portal.core import db as portal_db
 from portal.core.migrate import migrate
 from portal.core.tables import Domain, JobOutbox, Session, SessionEnd
-from tests.conftest import ENGINE_KIND
 from tests.dnsserver import LoopbackDNS
 from tests.factories import make_member, make_org, make_user
 from tests.faults import (
@@ -41,9 +40,7 @@ from tests.faults import (
 
 pytestmark = [
     pytest.mark.db,
-    pytest.mark.skipif(
-        ENGINE_KIND != "postgres", reason="runs in the PostgreSQL phase (make test runs both)"
-    ),
+    pytest.mark.postgres,  # the PostgreSQL phase of `make test` runs it; the SQLite phase deselects it
     # Each starts real servers; on a loaded CI machine that can take longer than the suite's 60 s default.
     pytest.mark.timeout(120),
 ]

@@ -86,6 +86,10 @@ def matches(endpoint: Mapping[str, Any], event: Event) -> bool:
     return endpoint["organization_id"] is None or endpoint["organization_id"] == event.organization_id
 
 
+#: Rows per INSERT statement (a delivery row binds 16 values; PostgreSQL allows 32,767 per statement).
+_ROWS_PER_INSERT = 1500
+
+
 async def emit_many(events: Iterable[Event]) -> list[str]:
     """Write ``events`` and one pending delivery per subscribed endpoint, in the caller's transaction (the
     caller opens it). Returns the delivery ids."""
@@ -100,7 +104,10 @@ async def emit_many(events: Iterable[Event]) -> list[str]:
         WebhookEvent(type=e.type, organization_id=e.organization_id, data=e.data, created_at=now)
         for e in batch
     ]
-    await WebhookEvent.insert(*rows)
+    # In slices: one INSERT may bind at most 32,767 values on PostgreSQL, and a session sweep batch ends up to
+    # 20,000 sessions at once (a user.logout each).
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        await WebhookEvent.insert(*rows[start : start + _ROWS_PER_INSERT])
     endpoints = (
         await WebhookEndpoint.select(
             WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.organization_id
@@ -121,8 +128,8 @@ async def emit_many(events: Iterable[Event]) -> list[str]:
         for endpoint in endpoints
         if matches(endpoint, event)
     ]
-    if deliveries:
-        await WebhookDelivery.insert(*deliveries)
+    for start in range(0, len(deliveries), _ROWS_PER_INSERT):
+        await WebhookDelivery.insert(*deliveries[start : start + _ROWS_PER_INSERT])
     ids = [str(d.id) for d in deliveries]
     written = _written.get()
     if written is not None:

@@ -12,12 +12,15 @@ from piccolo.engine.base import Engine
 from portal.core import db as portal_db
 from portal.core.tables import Organization
 
+#: The connection-per-request layer of the PostgreSQL engine; the SQLite run deselects these.
+pytestmark = pytest.mark.postgres
+
 PID = "SELECT pg_backend_pid() AS pid"
 
 
 def _postgres(engine: Engine) -> portal_db.PortalPostgresEngine:
     if not isinstance(engine, portal_db.PortalPostgresEngine):
-        pytest.skip("a PostgreSQL connection pool only")
+        raise AssertionError("a PostgreSQL connection pool only (the module is marked postgres)")
     return engine
 
 
