@@ -38,6 +38,13 @@ EVENT_TYPES: tuple[str, ...] = (
     "session.revoked",
     "sso.connection.activated",
     "sso.connection.deactivated",
+    "scim.user.created",
+    "scim.user.updated",
+    "scim.user.deactivated",
+    "scim.user.deleted",
+    "scim.group.created",
+    "scim.group.updated",
+    "scim.group.deleted",
 )
 
 #: Audit action → event type. Actions not listed (sign-ins, passkeys, step-up…) are not announced.
@@ -57,9 +64,9 @@ AUDIT_EVENT_TYPES: Mapping[str, str] = {
     "invitation.revoked": "invitation.revoked",
     "session.revoked": "session.revoked",
     "sessions.revoked_others": "session.revoked",
-    # SSO connections change state through the SSO widget (being built): it audits these two actions.
     "sso.connection.activated": "sso.connection.activated",
     "sso.connection.deactivated": "sso.connection.deactivated",
+    **{action: action for action in EVENT_TYPES if action.startswith("scim.")},
 }
 
 

@@ -216,6 +216,47 @@ SENTENCES: dict[str, tuple[str, Sentence]] = {
         "Webhook event resent",
         lambda a, t, d: f"{a} sent the {d.get('type') or 'webhook'} event {t} again",
     ),
+    # After the merges of session 4: SSO, SCIM, setup links and API keys.
+    "sso.connection.created": ("SSO connection added", lambda a, t, d: f"{a} added an SSO connection"),
+    "sso.connection.updated": ("SSO connection changed", lambda a, t, d: f"{a} changed an SSO connection"),
+    "sso.connection.deleted": ("SSO connection deleted", lambda a, t, d: f"{a} deleted an SSO connection"),
+    "sso.enforcement.updated": (
+        "Enforce SSO changed",
+        lambda a, t, d: f"{a} changed whether SSO is enforced",
+    ),
+    "sso.certificate.expiring": (
+        "IdP certificate expiring",
+        lambda a, t, d: "An SSO connection's IdP certificate expires within 30 days",
+    ),
+    "sso.login.failed": (
+        "SSO sign-in refused",
+        lambda a, t, d: (
+            "A sign-in through single sign-on was refused" + (f" ({d['reason']})" if d.get("reason") else "")
+        ),
+    ),
+    "scim.directory.created": ("SCIM directory added", lambda a, t, d: f"{a} added a SCIM directory"),
+    "scim.token.rotated": ("SCIM token rotated", lambda a, t, d: f"{a} rotated a SCIM directory's token"),
+    "scim.token.revoked": ("SCIM token revoked", lambda a, t, d: f"{a} revoked a SCIM directory's token"),
+    "scim.group_roles.changed": (
+        "SCIM group roles changed",
+        lambda a, t, d: f"{a} changed which roles SCIM groups give",
+    ),
+    "scim.user.created": (
+        "SCIM user provisioned",
+        lambda a, t, d: f"The directory provisioned {d.get('email') or d.get('userName') or t}",
+    ),
+    "scim.user.updated": ("SCIM user updated", lambda a, t, d: f"The directory updated a user ({t})"),
+    "scim.user.deactivated": (
+        "SCIM user deactivated",
+        lambda a, t, d: f"The directory deactivated a user ({t})",
+    ),
+    "scim.user.deleted": ("SCIM user deleted", lambda a, t, d: f"The directory deleted a user ({t})"),
+    "scim.group.created": ("SCIM group created", lambda a, t, d: f"The directory created a group ({t})"),
+    "scim.group.updated": ("SCIM group updated", lambda a, t, d: f"The directory updated a group ({t})"),
+    "scim.group.deleted": ("SCIM group deleted", lambda a, t, d: f"The directory deleted a group ({t})"),
+    "setup_link.created": ("Setup link created", lambda a, t, d: f"{a} created a setup link"),
+    "setup_link.revoked": ("Setup link revoked", lambda a, t, d: f"{a} revoked a setup link"),
+    "setup_link.opened": ("Setup link opened", lambda a, t, d: "An IT admin opened a setup link"),
 }
 
 #: The actions the filter offers, by label.
