@@ -16,7 +16,9 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,7 @@ async def _run(args: argparse.Namespace) -> None:
         PORTAL_DATABASE_URL=url,
         PORTAL_POLICY_DIR=str(ROOT / "policies"),
         PORTAL_SECRET_KEY=bench.SECRET,
-        PORTAL_DATA_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"portal-profile-{os.getpid()}"),
+        PORTAL_DATA_DIR=tempfile.mkdtemp(prefix="portal-profile-"),
     )
     factory = bench.raw_app if args.raw else (bench.hello_app if args.path == "/" else bench.portal_app)
     app = factory()
@@ -145,6 +147,7 @@ async def _run(args: argparse.Namespace) -> None:
     await inbox.put({"type": "lifespan.shutdown"})
     await outbox.get()
     await lifespan
+    shutil.rmtree(os.environ["PORTAL_DATA_DIR"], ignore_errors=True)
     if not args.keep:
         await bench.recreate(url, drop_only=True)
 
