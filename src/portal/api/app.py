@@ -13,7 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Server, Tag
 from litestar.types import Receive, Scope, Send
 
-from portal.api import keys, routes
+from portal.api import hooks, keys, routes
 from portal.api.http import MAX_BODY, ApiMiddleware, handle_exception
 
 PUBLIC = {"public": True}
@@ -87,7 +87,11 @@ def render_reference(doc: dict[str, Any]) -> str:
                 f'<li><a href="#{anchor}"><code>{method.upper()} {esc(path)}</code></a> {_inline(_summary(op))}</li>'
             )
             handler = next(
-                (h for h in routes.HANDLERS if method.upper() in (h.http_methods or ()) and _same(path, h)),
+                (
+                    h
+                    for h in (*routes.HANDLERS, *hooks.HANDLERS)
+                    if method.upper() in (h.http_methods or ()) and _same(path, h)
+                ),
                 None,
             )
             scope = handler.opt.get("scope") if handler else None
@@ -157,7 +161,7 @@ def _same(openapi_path: str, handler: Any) -> bool:
 def api_app() -> Litestar:
     """The API app (built once; it reads the portal's state from the mount, per request)."""
     return Litestar(
-        route_handlers=[*routes.HANDLERS, openapi_document, reference],
+        route_handlers=[*routes.HANDLERS, *hooks.HANDLERS, openapi_document, reference],
         middleware=[ApiMiddleware],
         exception_handlers={Exception: handle_exception},
         request_max_body_size=MAX_BODY,
@@ -184,6 +188,8 @@ def api_app() -> Litestar:
                     "domains",
                     "sessions",
                     "audit events",
+                    "webhooks",
+                    "portal links",
                 )
             ],
             # Litestar's own schema routes (with a catch-all) stay out of the way under /_schema; the document

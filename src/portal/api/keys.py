@@ -20,6 +20,9 @@ RESOURCES = ("organizations", "users", "memberships", "invitations", "domains", 
 SCOPES: tuple[str, ...] = (
     *(f"{resource}:{access}" for resource in RESOURCES for access in ("read", "write")),
     "audit_events:read",
+    "webhooks:read",
+    "webhooks:write",
+    "portal_links:write",
 )
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
