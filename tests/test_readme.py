@@ -34,12 +34,13 @@ def examples() -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     for body in blocks("sh"):
         lines = body.splitlines()
+        in_block = len(found)  # output lines belong to a command of this block only
         i = 0
         while i < len(lines):
             line = lines[i]
             i += 1
             if not line.startswith("$ "):
-                if found and lines[i - 1] and not line.startswith("$"):
+                if len(found) > in_block and lines[i - 1] and not line.startswith("$"):
                     found[-1][1].append(line)
                 continue
             command = line[2:]

@@ -110,7 +110,9 @@ def migrate() -> None:
     help="Believe X-Forwarded-For/-Proto from PORTAL_TRUSTED_PROXIES peers (behind a load balancer).",
 )
 def serve(host: str | None, port: int | None, workers: int | None, proxy_headers: bool) -> None:
-    """Serve the portal (uvicorn with uvloop and httptools); SIGTERM stops it gracefully."""
+    """Serve the portal; SIGTERM stops it gracefully.
+
+    uvicorn with uvloop and httptools, one or more processes."""
     import msgspec
 
     from portal.web import serving

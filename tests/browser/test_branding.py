@@ -47,6 +47,8 @@ async def test_brand_the_organization(
     await expect(page.locator(".flash")).to_contain_text("Logo uploaded.")
     header_logo = page.locator("header img.brand-logo")
     await expect(header_logo).to_have_attribute("alt", "Acme Corporation")
+    # Loaded (not just in the page): wait for the image itself, which a busy machine serves a moment later.
+    await page.wait_for_function("() => document.querySelector('header img.brand-logo').complete")
     assert await header_logo.evaluate("i => i.naturalWidth") == 96
     await page.locator("#branding").scroll_into_view_if_needed()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def test_explain_for_a_non_member_and_a_disabled_feature(run) -> None:  # type: 
         (("user", "create", "not-an-email"), "email: Enter an email address"),
         (
             ("org", "create", "acme2", "--feature", "billing"),
-            "'billing' is not one of 'domain_verification', 'scim', 'session_policy', 'sso'",
+            "'billing' is not one of 'audit_log', 'domain_verification', 'org_branding', 'scim', 'session_policy', 'sso'",
         ),
         (
             ("member", "add", "--org", "nope", "--user", "a@b.test", "--role", "admin"),
@@ -178,7 +178,7 @@ def test_every_option_has_help_and_no_help_line_is_truncated() -> None:
 
 def test_feature_help_lists_the_valid_values() -> None:
     out = CliRunner().invoke(main, ["org", "create", "--help"]).stdout
-    assert "domain_verification, scim, session_policy, sso" in " ".join(out.split())
+    assert "audit_log, domain_verification, org_branding, scim, session_policy, sso" in " ".join(out.split())
 
 
 def test_org_and_user_lists(run) -> None:  # type: ignore[no-untyped-def]
@@ -191,7 +191,10 @@ def test_org_and_user_lists(run) -> None:  # type: ignore[no-untyped-def]
     assert code == 0
     lines = out.splitlines()
     assert lines[-1] == "2 organization(s)"
-    assert " acme  'Acme'  members=2  features=domain_verification,scim,session_policy,sso" in lines[0]
+    assert (
+        " acme  'Acme'  members=2  features=audit_log,domain_verification,org_branding,scim,session_policy,sso"
+        in lines[0]
+    )
     assert " globex  'Globex'  members=1  features=sso" in lines[1]
 
     code, out, _ = run("user", "list")

@@ -7,7 +7,7 @@ import click
 
 @click.group("api-key")
 def api_key() -> None:
-    """Management API keys (``Authorization: Bearer portal_sk_...``)."""
+    """Management API keys (portal_sk_ bearer tokens for /api/v1)."""
 
 
 @api_key.command("create")
@@ -28,7 +28,7 @@ def create(name: str, scopes: tuple[str, ...], org: str | None) -> None:
     click.echo("Store the key now: it is not shown again.")
 
 
-@api_key.command("list")
+@api_key.command("list", short_help="Every key with its scopes, organization and last use.")
 def list_keys() -> None:
     """Every key: id, prefix, name, scopes, organization, created, last used, revoked."""
     from portal.api import keys

@@ -363,4 +363,3 @@ HANDLERS = [
     create_portal_link,
     revoke_portal_link,
 ]
-

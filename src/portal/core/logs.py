@@ -96,8 +96,9 @@ class BatchingHandler(logging.Handler):
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 #: Libraries whose INFO lines are noise for an operator: Casbin prints its whole model each time a policy
-#: loads (every SIGHUP); uvicorn's access log is replaced by the portal's own request line.
-QUIET = {"casbin": logging.WARNING, "uvicorn.access": logging.WARNING}
+#: loads (every SIGHUP); uvicorn's access log is replaced by the portal's own request line; piccolo announces
+#: the SQLite version each time an engine starts.
+QUIET = {"casbin": logging.WARNING, "uvicorn.access": logging.WARNING, "piccolo.engine.base": logging.WARNING}
 
 
 def configure(level: str) -> None:

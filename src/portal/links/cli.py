@@ -17,10 +17,12 @@ def _organization_id(ref: str) -> str:
 
 @click.group("link")
 def link() -> None:
-    """One-time setup links: an IT admin outside the app sets up SSO, SCIM or domains without an account."""
+    """One-time setup links for IT admins without an account.
+
+    An IT admin outside the app opens the link and sets up SSO, SCIM or domains without an account."""
 
 
-@link.command("create")
+@link.command("create", short_help="Print a one-time setup URL for ORG.")
 @click.argument("org")
 @click.option(
     "--intent",
@@ -62,7 +64,7 @@ def link_create(org: str, intent: str, ttl: str | None) -> None:
     click.echo("The URL works once and is not shown again; revoke it with `portal link revoke ID`.", err=True)
 
 
-@link.command("list")
+@link.command("list", short_help="ORG's setup links with their status.")
 @click.argument("org")
 def link_list(org: str) -> None:
     """ORG's setup links, newest first, with their status (pending, expired, active, ended, revoked)."""
@@ -80,7 +82,7 @@ def link_list(org: str) -> None:
         )
 
 
-@link.command("revoke")
+@link.command("revoke", short_help="Revoke a link (and end its session).")
 @click.argument("link_id")
 def link_revoke(link_id: str) -> None:
     """Revoke a link: it no longer opens, and the session it opened ends now."""

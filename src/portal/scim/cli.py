@@ -10,10 +10,12 @@ import click
 
 @click.group("scim")
 def scim_group() -> None:
-    """SCIM directories: where an organization's identity provider provisions members and groups."""
+    """SCIM directories (an IdP provisions members and groups).
+
+    A directory is where an organization's identity provider provisions members and groups."""
 
 
-@scim_group.command("create")
+@scim_group.command("create", short_help="Create a directory: base URL and token.")
 @click.option("--org", "org_ref", required=True, help="Organization id, name or external id.")
 @click.option("--name", required=True, help="Shown in the widget, such as 'Okta production'.")
 @click.option(
@@ -21,6 +23,7 @@ def scim_group() -> None:
     type=click.Choice(["okta", "entra", "jumpcloud", "onelogin", "generic"]),
     default="generic",
     show_default=True,
+    help="The identity provider, for the setup guide the widget shows.",
 )
 def scim_create(org_ref: str, name: str, provider: str) -> None:
     """Create a directory; prints its base URL and token (the token is shown only now)."""
@@ -46,7 +49,7 @@ def scim_create(org_ref: str, name: str, provider: str) -> None:
     click.echo(f"token:     {token}  (shown only now)")
 
 
-@scim_group.command("rotate")
+@scim_group.command("rotate", short_help="A new token; the old one works a while.")
 @click.argument("directory_id")
 def scim_rotate(directory_id: str) -> None:
     """A new token (shown only now); the previous one works for PORTAL_SCIM_TOKEN_OVERLAP."""

@@ -34,16 +34,20 @@ def _when(value: object) -> str:
 
 @click.group("webhook")
 def webhook() -> None:
-    """Webhook endpoints: where the portal sends signed events (Standard Webhooks)."""
+    """Webhook endpoints (signed Standard Webhooks events).
+
+    An endpoint is a URL of your app where the portal sends signed events."""
 
 
-@webhook.command("create")
+@webhook.command("create", short_help="Register an endpoint; prints its secret once.")
 @click.argument("url")
 @click.option("--event", "event_types", multiple=True, help="An event type to send (repeatable); none: all.")
 @click.option(
     "--org", "organization", default=None, help="Only this organization's events (id, name or external id)."
 )
-@click.option("--description", default="")
+@click.option(
+    "--description", default="", help="A note for people reading the list, such as 'billing service'."
+)
 def webhook_create(
     url: str, event_types: tuple[str, ...], organization: str | None, description: str
 ) -> None:
@@ -101,7 +105,7 @@ def webhook_delete(endpoint_id: str) -> None:
     click.echo(f"deleted {endpoint_id}")
 
 
-@webhook.command("enable")
+@webhook.command("enable", short_help="Turn a disabled endpoint back on.")
 @click.argument("endpoint_id")
 def webhook_enable(endpoint_id: str) -> None:
     """Turn an endpoint back on (after it was disabled for failing); its failure record is cleared."""
@@ -125,9 +129,9 @@ def webhook_disable(endpoint_id: str) -> None:
     click.echo(f"disabled {endpoint_id}")
 
 
-@webhook.command("deliveries")
+@webhook.command("deliveries", short_help="An endpoint's latest deliveries and attempts.")
 @click.argument("endpoint_id")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, help="How many of the latest deliveries to show.")
 def webhook_deliveries(endpoint_id: str, limit: int) -> None:
     """An endpoint's latest deliveries and every attempt (status, response code, duration, error)."""
     from portal.cli import _settings
@@ -142,7 +146,7 @@ def webhook_deliveries(endpoint_id: str, limit: int) -> None:
             click.echo(f"    {_when(a.at)}  {a.status}  {code}  {a.duration_ms} ms{error}")
 
 
-@webhook.command("replay")
+@webhook.command("replay", short_help="Send one event again (same webhook-id).")
 @click.argument("event_id")
 @click.option("--endpoint", "endpoint_id", default=None, help="Only to this endpoint.")
 def webhook_replay(event_id: str, endpoint_id: str | None) -> None:

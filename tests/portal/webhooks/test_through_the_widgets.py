@@ -43,7 +43,7 @@ async def test_members_profile_and_security_changes_are_announced(
     await post(f"{MEMBERS}/invitations/{invitation['id']}/revoke", {})
     [bob_member] = await Membership.select(Membership.id).where(Membership.user == bob["id"])
     await post(f"{MEMBERS}/{bob_member['id']}/roles", {"roles": "admin"})
-    await post(f"{MEMBERS}/{bob_member['id']}/remove", {})
+    await post(f"{MEMBERS}/{bob_member['id']}/remove", {"confirm": "yes"})
     await post(
         "/ui/account/profile", {"given_name": "Alice", "family_name": "Admin", "display_name": "Alice A."}
     )

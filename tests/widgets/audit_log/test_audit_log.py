@@ -193,7 +193,9 @@ async def test_real_changes_read_as_sentences(client: httpx.AsyncClient, world: 
     token = await csrf_token(client, "/ui/organization/members")
     [bob_member] = await Membership.select().where(Membership.user == bob["id"])
     removed = await client.post(
-        f"/ui/organization/members/{bob_member['id']}/remove", data={"_csrf_token": token}, headers=HTML
+        f"/ui/organization/members/{bob_member['id']}/remove",
+        data={"_csrf_token": token, "confirm": "yes"},
+        headers=HTML,
     )
     assert removed.status_code == 303, removed.text
     changed = await client.post(

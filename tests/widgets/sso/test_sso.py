@@ -273,7 +273,8 @@ async def test_without_the_feature_the_widget_is_hidden(
     client.cookies.clear()
     await sign_in(client, world["alice"], world["acme"])
     home = await client.get("/ui/", headers=HTML)
-    assert home.text.count(f'href="{URL}"') == 2  # navigation and home card
+    # the navigation (twice: the wide sidebar and the phone-sized menu, one of them hidden) and the home card
+    assert home.text.count(f'href="{URL}"') == 3
 
 
 # --- creating a connection -------------------------------------------------------------------------------
