@@ -47,6 +47,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "scim.group.deleted",
 )
 
+#: userName prefix of the SCIM widget's self-test user (``widgets.scim.service``), which apps never hear of.
+SELF_TEST_PREFIX = "portal-self-test-"
+
 #: Audit action → event type. Actions not listed (sign-ins, passkeys, step-up…) are not announced.
 AUDIT_EVENT_TYPES: Mapping[str, str] = {
     "organization.created": "organization.created",
@@ -161,6 +164,8 @@ async def from_audit(
     event_type = AUDIT_EVENT_TYPES.get(action)
     if event_type is None:
         return
+    if action.startswith("scim.user.") and str(details.get("userName", "")).startswith(SELF_TEST_PREFIX):
+        return  # the SCIM widget's self-test user: created and deleted at once, nothing to tell the app
     data = {"organization_id": organization_id, "actor_id": actor_id, "target": target, **details}
     await emit(event_type, organization_id=organization_id, data=data)
 

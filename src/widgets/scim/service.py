@@ -20,6 +20,7 @@ from portal.core.settings import Settings
 from portal.core.tables import ScimToken
 from portal.scim import service as scim
 from portal.web import guides
+from portal.webhooks.events import SELF_TEST_PREFIX
 
 GUIDES_DIR = Path(__file__).parent / "guides"
 
@@ -128,7 +129,7 @@ async def run_self_test(app: Litestar, settings: Settings, directory: scim.Direc
             await call("Service provider configuration", "GET", "/ServiceProviderConfig", 200)
             await call("Resource types", "GET", "/ResourceTypes", 200)
             await call("Schemas", "GET", "/Schemas", 200)
-            user_name = f"portal-self-test-{secrets.token_hex(4)}"
+            user_name = f"{SELF_TEST_PREFIX}{secrets.token_hex(4)}"
             body = {
                 "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
                 "userName": user_name,
