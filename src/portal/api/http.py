@@ -23,7 +23,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from policy import PolicyEngine
 from portal.api import keys
 from portal.auth import ratelimit
-from portal.core import clock, db
+from portal.core import clock, crypto, db
 from portal.core.errors import InvalidInput
 from portal.core.settings import Settings
 from portal.core.tables import ApiIdempotency
@@ -36,6 +36,8 @@ PROBLEM = "application/problem+json"
 #: Largest request body accepted (413 above).
 MAX_BODY = 64 * 1024
 IDEMPOTENCY_TTL = timedelta(hours=24)
+#: crypto purpose of the stored first answers (api_idempotency.response_body).
+IDEMPOTENCY_PURPOSE = "api.idempotency_response"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 #: Response headers a replayed answer repeats.
 _REPLAYED = ("content-type", "etag", "location")
@@ -407,10 +409,14 @@ class ApiMiddleware:
                 # Not an answer worth keeping: the client may retry with the same key.
                 await ApiIdempotency.delete().where(ApiIdempotency.scope_key == scope_key)
             else:
+                # Sealed: a first answer may carry a secret shown once (a webhook secret, a setup link).
+                settings: Settings = scope["state"]["portal_state"].settings
                 await ApiIdempotency.update(
                     {
                         ApiIdempotency.status: status,
-                        ApiIdempotency.response_body: b"".join(chunks).decode("utf-8", "replace"),
+                        ApiIdempotency.response_body: crypto.seal(
+                            settings, IDEMPOTENCY_PURPOSE, b"".join(chunks)
+                        ),
                         ApiIdempotency.response_headers: headers,
                     }
                 ).where(ApiIdempotency.scope_key == scope_key)
@@ -439,7 +445,8 @@ class ApiMiddleware:
                 send, scope, 409, "A request with this Idempotency-Key is still being processed. Retry later."
             )
             return
-        body = str(row["response_body"]).encode()
+        settings: Settings = scope["state"]["portal_state"].settings
+        body = crypto.unseal(settings, IDEMPOTENCY_PURPOSE, str(row["response_body"]))
         raw_headers = [(k.encode(), str(v).encode()) for k, v in (row["response_headers"] or {}).items()]
         raw_headers += [(b"content-length", str(len(body)).encode()), (b"idempotent-replayed", b"true")]
         await send({"type": "http.response.start", "status": int(row["status"]), "headers": raw_headers})

@@ -529,6 +529,7 @@ class ApiIdempotency(Table, tablename="api_idempotency"):
     request_hash = Varchar(length=64)
     #: NULL while the first request is still running.
     status = Integer(null=True, default=None)
+    #: The first answer's body, sealed with ``portal.core.crypto`` (it may hold a secret shown once).
     response_body = Text(default="")
     #: The response's headers worth replaying (JSON object).
     response_headers = JSON(default={})
@@ -840,4 +841,9 @@ SEALED_COLUMNS: list[tuple[type[Table], str, str]] = [
     (SsoConnection, "oidc_client_secret", "sso.oidc_client_secret"),  # issue 12: sso
     (WebhookEndpoint, "secret", "webhook.secret"),  # issue 11: webhooks
     (SsoConnection, "sp_private_key", "sso.sp_signing_key"),  # issue 12: sso widget
+    (
+        ApiIdempotency,
+        "response_body",
+        "api.idempotency_response",
+    ),  # issue 11: api (may hold a shown-once secret)
 ]

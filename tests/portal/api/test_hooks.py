@@ -256,3 +256,21 @@ async def test_bad_input_names_the_field_and_saves_nothing(
         if field:
             assert field in response.text, response.text
     assert (await WebhookEndpoint.count(), await SetupLink.count()) == before
+
+
+async def test_a_replayed_answer_holds_the_secret_but_the_table_keeps_it_sealed(
+    client: httpx.AsyncClient, sides: tuple[Side, Side]
+) -> None:
+    from portal.core.tables import ApiIdempotency
+
+    _key_id, key = await make_key()
+    body = {"url": PUBLIC_URL}
+    headers = {"idempotency-key": "hook-1"}
+    first = await call(client, "POST", "/webhook-endpoints", key, json=body, headers=headers)
+    again = await call(client, "POST", "/webhook-endpoints", key, json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    secret = first.json()["secret"]
+    assert again.json()["secret"] == secret
+    [stored] = await ApiIdempotency.select(ApiIdempotency.response_body)
+    assert secret not in stored["response_body"] and stored["response_body"].startswith("v1.")
