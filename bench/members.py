@@ -295,14 +295,15 @@ def raw_app() -> Any:
             nav: dict[str, list[Any]] = {"organization": [], "account": []}
             for item in registry.visible(policy, roles, features):
                 nav[item.section.value].append(item)
-            choices = []
-            for role in policy.roles:
-                granted = policy.permissions_for(role)
-                if len(granted) == len(Permission):
-                    text = f"All {len(Permission)} permissions"
-                else:
-                    text = ", ".join(sorted(p.value for p in granted)) or "No permissions"
-                choices.append((role, text, policy.grants_subset(list(roles), [role])))
+            choices = [
+                (
+                    role,
+                    policy.role_title(role),
+                    policy.role_description(role),
+                    policy.grants_subset(list(roles), [role]),
+                )
+                for role in policy.roles
+            ]
             static[key] = {"allowed": allowed, "nav": nav, "choices": choices}
         return static[key]
 
@@ -413,6 +414,7 @@ def raw_app() -> Any:
             labels={"emails": "Email addresses", "roles": "Roles"},
             ttl_days=max(1, round(int(os.environ.get("PORTAL_INVITATION_TTL", 7 * 86400)) / 86400)),
             me=row["user_id"],
+            outranks=lambda m: m.user_id == row["user_id"] or policy.grants_subset(roles, m.roles),
         )
         return Response(html, media_type="text/html")
 
@@ -440,16 +442,21 @@ class Server:
     def __init__(self, kind: str, workers: int, env: dict[str, str], log_dir: Path) -> None:
         self.kind, self.workers = kind, workers
         self.port = free_port()
-        self.log = open(log_dir / f"{kind}-{workers}.log", "wb")  # noqa: SIM115 - closed in stop()
+        # ``kind`` names an app of this file, or is a whole ``module:factory`` (the other benches' apps).
+        factory = kind if ":" in kind else f"bench.members:{kind}_app"
+        name = kind.rpartition(":")[2]
+        self.log = open(log_dir / f"{name}-{workers}.log", "wb")  # noqa: SIM115 - closed in stop()
         command = [
-            sys.executable, "-m", "uvicorn", "--factory", f"bench.members:{kind}_app",
+            sys.executable, "-m", "uvicorn", "--factory", factory,
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
             "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
         # Server logs go to a file: a pipe nobody reads would block the server once it is full.
         self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self.log, stderr=self.log)
 
-    def wait_ready(self, path: str, headers: dict[str, str] | None = None) -> None:
+    def wait_ready(
+        self, path: str, headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,)
+    ) -> None:
         import http.client
 
         deadline = time.monotonic() + 60
@@ -460,7 +467,7 @@ class Server:
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 connection.request("GET", path, headers=headers or {})
-                if connection.getresponse().status == 200:
+                if connection.getresponse().status in ok:
                     ready += 1
                     # With several workers, each should have answered once (the kernel spreads connections).
                     if ready >= 4 * self.workers:
@@ -506,6 +513,33 @@ class Server:
             self.process.kill()
             self.process.wait()
         self.log.close()
+
+
+def start_server(kind: str, env: dict[str, str], workers: int = 1) -> tuple[Server, int]:
+    """For the other benches: one :class:`Server` of ``kind``, ready (its logs in a temporary directory)."""
+    server = Server(kind, workers, env, Path(tempfile.mkdtemp(prefix=f"portal-bench-{kind}-")))
+    try:
+        server.wait_ready(
+            "/healthz" if kind == "portal" else "/", ok=(200,) if ":" not in kind else (404, 405)
+        )
+    except BaseException:
+        server.stop()
+        raise
+    return server, server.port
+
+
+def stop_server(server: Server) -> None:
+    server.stop()
+    shutil.rmtree(Path(server.log.name).parent, ignore_errors=True)
+
+
+async def load(
+    port: int, path: str, headers: dict[str, str], seconds: float, connections: int
+) -> dict[str, Any]:
+    """For the other benches (inside their event loop): :func:`load_wrk` when wrk is installed, else
+    :func:`load_python`, in a thread."""
+    runner = load_wrk if shutil.which("wrk") else load_python
+    return await asyncio.to_thread(runner, port, path, headers, seconds, connections)
 
 
 def get_once(port: int, path: str, headers: dict[str, str]) -> tuple[int, str, list[str]]:

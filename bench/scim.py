@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import members as harness
 ROOT = Path(__file__).resolve().parents[1]
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+FLOOR_TOKEN = "floor-token-" + "f" * 32
 
 
 def serve_reference(port: int) -> None:
@@ -47,6 +49,123 @@ def serve_reference(port: int) -> None:
 
     app = ASGIApplication(AsyncInMemoryStorage(), load_default_provider())
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+#: The raw floor's tables: what a SCIM create must store at the least (the SCIM resource, the account, the
+#: membership, the audit row) and the request log, without the portal's columns, indexes or webhooks.
+FLOOR_TABLES = (
+    "CREATE TABLE floor_token (hash text PRIMARY KEY, directory text NOT NULL)",
+    "CREATE TABLE floor_scim_user (id text PRIMARY KEY, directory text NOT NULL, user_name_key text NOT NULL,"
+    " resource jsonb NOT NULL, version int NOT NULL, UNIQUE (directory, user_name_key))",
+    "CREATE TABLE floor_user (id text PRIMARY KEY, email text UNIQUE NOT NULL, given text, family text)",
+    "CREATE TABLE floor_membership (id text PRIMARY KEY, org text NOT NULL, user_id text NOT NULL, roles jsonb)",
+    "CREATE TABLE floor_audit (id bigserial PRIMARY KEY, action text, target text, details jsonb,"
+    " at timestamptz DEFAULT now())",
+    "CREATE TABLE floor_request (id bigserial PRIMARY KEY, directory text, method text, path text, status int,"
+    " at timestamptz DEFAULT now())",
+)
+
+
+def floor_app() -> Any:
+    """The raw floor: one Litestar app, raw asyncpg, json. Per request what any SCIM server over PostgreSQL
+    must do: look the bearer token up by its hash, then in one transaction store the change (create: the
+    SCIM resource, an account, a membership and an audit row; PATCH: lock, apply, update, audit row), and log
+    the request. No validation beyond JSON, no rate limit, no webhooks, no middleware."""
+    import hashlib
+    import secrets as secrets_module
+    from contextlib import asynccontextmanager
+
+    import asyncpg
+    from litestar import Litestar, Request, Response, patch, post
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> Any:
+        app.state.pool = await asyncpg.create_pool(os.environ["PORTAL_DATABASE_URL"], min_size=1, max_size=10)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    async def directory_of(conn: Any, request: Request[Any, Any, Any]) -> str | None:
+        token = request.headers.get("authorization", "").partition(" ")[2]
+        found = await conn.fetchval(
+            "SELECT directory FROM floor_token WHERE hash = $1", hashlib.sha256(token.encode()).hexdigest()
+        )
+        return str(found) if found else None
+
+    def answer(body: Any, status: int) -> Response[bytes]:
+        return Response(json.dumps(body).encode(), status_code=status, media_type="application/scim+json")
+
+    @post("/floor/Users")
+    async def create(request: Request[Any, Any, Any]) -> Response[bytes]:
+        body = json.loads(await request.body())
+        async with request.app.state.pool.acquire() as conn:
+            directory = await directory_of(conn, request)
+            if directory is None:
+                return answer({"detail": "unauthorized"}, 401)
+            email = body["emails"][0]["value"]
+            uid, account, membership = (secrets_module.token_hex(10) for _ in range(3))
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO floor_user VALUES ($1, $2, $3, $4)",
+                    account, email, body["name"]["givenName"], body["name"]["familyName"],
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO floor_membership VALUES ($1, 'org', $2, '[\"member\"]')", membership, account
+                )
+                await conn.execute(
+                    "INSERT INTO floor_scim_user VALUES ($1, $2, $3, $4, 1)",
+                    uid, directory, body["userName"].lower(), json.dumps(body),
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO floor_audit (action, target, details) VALUES ('scim.user.created', $1, $2)",
+                    uid, json.dumps({"userName": body["userName"]}),
+                )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO floor_request (directory, method, path, status) VALUES ($1, 'POST', '/Users', 201)",
+                directory,
+            )
+        return answer({**body, "id": uid, "meta": {"resourceType": "User", "version": 'W/"1"'}}, 201)
+
+    @patch("/floor/Users/{user_id:str}")
+    async def update(request: Request[Any, Any, Any], user_id: str) -> Response[bytes]:
+        body = json.loads(await request.body())
+        async with request.app.state.pool.acquire() as conn:
+            directory = await directory_of(conn, request)
+            if directory is None:
+                return answer({"detail": "unauthorized"}, 401)
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT resource, version FROM floor_scim_user WHERE id = $1 AND directory = $2 FOR UPDATE",
+                    user_id, directory,
+                )  # fmt: skip
+                if row is None:
+                    return answer({"detail": "not found"}, 404)
+                resource = json.loads(row["resource"])
+                for op in body["Operations"]:
+                    resource[op["path"]] = op["value"]
+                await conn.execute(
+                    "UPDATE floor_scim_user SET resource = $1, version = version + 1 WHERE id = $2",
+                    json.dumps(resource), user_id,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO floor_audit (action, target, details) VALUES ('scim.user.updated', $1, '{}')",
+                    user_id,
+                )
+            await conn.execute(
+                "INSERT INTO floor_request (directory, method, path, status) VALUES ($1, 'PATCH', '/Users', 200)",
+                directory,
+            )
+        return answer({**resource, "id": user_id, "meta": {"version": f'W/"{row["version"] + 1}"'}}, 200)
+
+    namespace = {"Request": Request, "Response": Response, "Any": Any}
+    return Litestar(
+        [create, update],
+        lifespan=[lifespan],
+        signature_namespace=namespace,
+        openapi_config=None,
+        debug=False,
+    )
 
 
 def start_reference() -> tuple[subprocess.Popen[bytes], int]:
@@ -120,6 +239,11 @@ async def prepare(url: str, users: int) -> dict[str, Any]:
         if batch:
             await ScimUser.insert(*batch)
         await engine.run_ddl("ANALYZE scim_user")
+        for statement in FLOOR_TABLES:
+            await engine.run_ddl(statement)
+        await engine.run_ddl(
+            f"INSERT INTO floor_token VALUES ('{hashlib.sha256(FLOOR_TOKEN.encode()).hexdigest()}', 'floor')"
+        )
         return {"big": big.id, "big_token": big_token, "small": small.id, "small_token": small_token}
     finally:
         await db.stop(engine)
@@ -173,7 +297,15 @@ async def drive(
 
 
 async def workloads(
-    port: int, base: str, headers: dict[str, str], tag: str, seconds: float, connections: int, creates: int
+    port: int,
+    base: str,
+    headers: dict[str, str],
+    tag: str,
+    seconds: float,
+    connections: int,
+    creates: int,
+    *,
+    listing: bool = True,
 ) -> dict[str, Any]:
     """create (at most ``creates`` users, so both servers then hold as many), then PATCH the created users,
     then list: the same requests for either server."""
@@ -207,9 +339,11 @@ async def workloads(
         return _raw("PATCH", f"{base}/Users/{uid}", port, headers, json.dumps(body).encode())
 
     out["patch"] = await drive(port, patch, seconds, connections)
-    listing = _raw("GET", f"{base}/Users?startIndex=1&count=50", port, headers)
-    out["list"] = await drive(port, lambda i: listing, seconds, connections)
     out["users_created"] = len(ids)
+    if not listing:
+        return out
+    listing_request = _raw("GET", f"{base}/Users?startIndex=1&count=50", port, headers)
+    out["list"] = await drive(port, lambda i: listing_request, seconds, connections)
     return out
 
 
@@ -249,7 +383,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "PORTAL_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal_bench_scim"
     )
     await harness.recreate(url)
-    portal = reference = None
+    portal = reference = floor = None
     try:
         started = time.perf_counter()
         ids = await prepare(url, args.users)
@@ -279,9 +413,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         theirs = await workloads(
             reference_port, "/v2", {}, "reference", args.seconds, args.connections, args.creates
         )
+        floor, floor_port = harness.start_server("bench.scim:floor_app", env)
+        raw = await workloads(
+            floor_port, "/floor", {"Authorization": f"Bearer {FLOOR_TOKEN}"}, "floor", args.seconds,
+            args.connections, args.creates, listing=False,
+        )  # fmt: skip
         ratios = {
             k: round(ours[k]["rps"] / theirs[k]["rps"], 2) if theirs[k]["rps"] else None
             for k in ("create", "patch", "list")
+        }
+        floor_ratios = {
+            k: round(raw[k]["rps"] / theirs[k]["rps"], 2) if theirs[k]["rps"] else None
+            for k in ("create", "patch")
         }
         return {
             "bench": "scim",
@@ -294,13 +437,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "scim2_server": theirs,
             "ratio_portal_over_reference": ratios,
             "ratio_target": 2,
+            "raw_floor": raw,
+            "ratio_raw_floor_over_reference": floor_ratios,
+            "ratio_portal_over_raw_floor": {
+                k: round(ours[k]["rps"] / raw[k]["rps"], 2) if raw[k]["rps"] else None
+                for k in ("create", "patch")
+            },
             "connections": args.connections,
             "seconds_per_workload": args.seconds,
         }
     finally:
-        for process in (portal, reference):
-            if process is not None:
-                harness.stop_server(process)
+        for server in (portal, floor):
+            if server is not None:
+                harness.stop_server(server)
+        if reference is not None:
+            reference.terminate()
+            reference.wait(timeout=15)
         await harness.recreate(url, drop_only=True)
 
 
@@ -325,6 +477,11 @@ def main() -> None:
             print(
                 f"{key:12} {name:6} {figures['rps']:8} req/s  p99 {figures['latency_ms'].get('p99')} ms  {figures['statuses']}"
             )
+    for name in ("create", "patch"):
+        figures = result["raw_floor"][name]
+        print(
+            f"{'raw floor':12} {name:6} {figures['rps']:8} req/s  p99 {figures['latency_ms'].get('p99')} ms"
+        )
     print(f"filter userName eq over {result['users_in_directory']} users: {result['filter_userName_eq_ms']}")
     print(json.dumps(result))
 

@@ -294,8 +294,8 @@ class ApiMiddleware:
         scope["state"]["api_caller"] = caller
         settings: Settings = scope["state"]["portal_state"].settings
         limit, window = settings.api_rate_limit, settings.api_rate_window
-        async with db.write_transaction():  # one commit for the rate limit's writes
-            result = await ratelimit.hit(f"api:{caller.key_id}", limit, window)
+        async with db.bookkeeping():
+            result = await ratelimit.count(f"api:{caller.key_id}", limit, window)
         rate_headers = {
             "RateLimit-Policy": f'"per-key";q={limit};w={window}',
             "RateLimit": f'"per-key";r={result.remaining};t={result.reset_seconds}',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -298,6 +299,16 @@ def write_transaction(engine: Engine[Any] | None = None) -> Any:
     if isinstance(engine, SQLiteEngine):
         return engine.transaction(transaction_type=TransactionType.immediate)
     return engine.transaction()
+
+
+def bookkeeping(engine: Engine[Any] | None = None) -> Any:
+    """Around single-statement writes to the unlogged bookkeeping tables (rate counters, the SCIM request
+    log): on PostgreSQL nothing (the statement commits by itself, without waiting for a WAL flush, see
+    portal_0020); on SQLite the write lock taken up front, as for every write there."""
+    engine = engine or current_engine()
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return contextlib.nullcontext()
 
 
 async def lock_organization(organization_id: str) -> None:

@@ -215,6 +215,17 @@ class RateEvent(Table, tablename="rate_event"):
     at = Timestamptz()
 
 
+class RateCounter(Table, tablename="rate_counter"):
+    """The hits of a rate-limit key in one fixed window (portal_0019): the SCIM and management API limits,
+    one statement per request. Unlogged on PostgreSQL (portal_0020): emptied by a crash, never waits for a
+    WAL flush."""
+
+    #: ``<key>@<window start, epoch seconds>``.
+    slot = Varchar(length=440, primary_key=True)
+    expires_at = Timestamptz(index=True)
+    hits = Integer(default=0)
+
+
 # --- security widget (portal_0007): passkeys ----------------------------------------------------------------
 class Passkey(Table, tablename="passkey"):
     """A WebAuthn credential (discoverable) a user registered in the Security widget."""

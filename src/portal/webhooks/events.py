@@ -88,6 +88,12 @@ _written: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
 )
 
 
+#: The enabled endpoints as this request read them (see :func:`_enabled_endpoints`).
+_endpoint_cache: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "webhook_endpoints", default=None
+)
+
+
 def matches(endpoint: Mapping[str, Any], event: Event) -> bool:
     """Whether an (enabled) endpoint subscribes to ``event``: its types (none: all) and organization."""
     types = endpoint["event_types"] or ()
@@ -118,13 +124,7 @@ async def emit_many(events: Iterable[Event]) -> list[str]:
     # 20,000 sessions at once (a user.logout each).
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         await WebhookEvent.insert(*rows[start : start + _ROWS_PER_INSERT])
-    endpoints = (
-        await WebhookEndpoint.select(
-            WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.organization_id
-        )
-        .where(WebhookEndpoint.enabled.eq(True))
-        .output(load_json=True)
-    )
+    endpoints = await _enabled_endpoints()
     deliveries = [
         WebhookDelivery(
             event=row.id,
@@ -145,6 +145,31 @@ async def emit_many(events: Iterable[Event]) -> list[str]:
     if written is not None:
         written.extend(ids)
     return ids
+
+
+async def _enabled_endpoints() -> list[dict[str, Any]]:
+    """The enabled endpoints, read once per request (a SCIM create audits three changes): the request's
+    cache is dropped by :func:`forget_endpoints` whenever the request changes an endpoint."""
+    cache = _endpoint_cache.get()
+    if cache is not None and "rows" in cache:
+        return cache["rows"]
+    rows: list[dict[str, Any]] = (
+        await WebhookEndpoint.select(
+            WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.organization_id
+        )
+        .where(WebhookEndpoint.enabled.eq(True))
+        .output(load_json=True)
+    )
+    if cache is not None:
+        cache["rows"] = rows
+    return rows
+
+
+def forget_endpoints() -> None:
+    """After a change to an endpoint: the rest of this request reads them again."""
+    cache = _endpoint_cache.get()
+    if cache is not None:
+        cache.clear()
 
 
 async def emit(event_type: str, *, organization_id: str | None, data: dict[str, Any]) -> list[str]:
@@ -184,9 +209,11 @@ class DispatchMiddleware:
             return
         written: list[str] = []
         token = _written.set(written)
+        cached = _endpoint_cache.set({})
         try:
             await self.app(scope, receive, send)
         finally:
+            _endpoint_cache.reset(cached)
             _written.reset(token)
             if written:
                 from portal.webhooks.delivery import enqueue

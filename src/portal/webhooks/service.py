@@ -18,7 +18,7 @@ from portal.core.settings import Settings
 from portal.core.tables import Organization, WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from portal.webhooks import signing
 from portal.webhooks.delivery import SECRET_PURPOSE, fail_pending
-from portal.webhooks.events import EVENT_TYPES
+from portal.webhooks.events import EVENT_TYPES, forget_endpoints
 
 MAX_DESCRIPTION = 200
 PAGE = 50
@@ -160,6 +160,7 @@ async def create_endpoint(
         updated_at=now,
     )
     await endpoint.save()
+    forget_endpoints()
     await accounts.audit(
         "webhook.endpoint_created",
         organization_id=organization_id,
@@ -212,6 +213,7 @@ async def update_endpoint(
     if values:
         values[WebhookEndpoint.updated_at] = clock.utcnow()
         await WebhookEndpoint.update(values).where(WebhookEndpoint.id == endpoint_id)
+        forget_endpoints()
         if enabled is False and row["enabled"]:
             # Nothing is kept for a disabled endpoint: what it was still owed is given up, not retried.
             await fail_pending(endpoint_id, "the endpoint was disabled")
@@ -235,6 +237,7 @@ async def delete_endpoint(
     """Delete an endpoint and its deliveries (nothing more is sent to it)."""
     row = await _endpoint_row(endpoint_id, organization_id)
     await WebhookEndpoint.delete().where(WebhookEndpoint.id == endpoint_id)
+    forget_endpoints()
     await accounts.audit(
         "webhook.endpoint_deleted",
         organization_id=row["organization_id"],

@@ -17,7 +17,7 @@ from portal.core.settings import Settings
 from portal.core.tables import AuditEvent, Organization
 from portal.web.app import create_app
 from portal.web.registry import WidgetRegistry
-from tests.conftest import serve
+from tests.conftest import FrozenClock, serve
 from tests.factories import make_member, make_org
 from tests.portal.api.support import call, make_key
 
@@ -218,7 +218,8 @@ async def limited(limited_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
         yield test_client
 
 
-async def test_rate_limit_per_key(limited: httpx.AsyncClient, db: Engine) -> None:
+async def test_rate_limit_per_key(limited: httpx.AsyncClient, db: Engine, frozen_clock: FrozenClock) -> None:
+    """A fixed window per key: at 12:00:00.12 the window 12:00:00-12:01:00 has 60 s left."""
     _id, key = await make_key()
     _other, other_key = await make_key()
     remaining = []
@@ -230,11 +231,19 @@ async def test_rate_limit_per_key(limited: httpx.AsyncClient, db: Engine) -> Non
     assert remaining == ['"per-key";r=2;t=60', '"per-key";r=1;t=60', '"per-key";r=0;t=60']
     refused = await call(limited, "GET", "/organizations", key)
     assert refused.status_code == 429
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["retry-after"] == "60"
     assert refused.headers["content-type"] == "application/problem+json"
-    assert "Retry in" in refused.json()["detail"]
+    assert "Retry in 60 seconds" in refused.json()["detail"]
     # Another key has its own budget.
     assert (await call(limited, "GET", "/organizations", other_key)).status_code == 200
+    # Hammering does not move the end of the window; once it ends, the key has its budget again.
+    frozen_clock.advance(seconds=30)
+    again = await call(limited, "GET", "/organizations", key)
+    assert again.status_code == 429 and again.headers["retry-after"] == "30"
+    frozen_clock.advance(seconds=30)
+    renewed = await call(limited, "GET", "/organizations", key)
+    assert renewed.status_code == 200 and renewed.headers["ratelimit"] == '"per-key";r=2;t=60'
+
 
 
 async def test_openapi_document_and_reference_page(client: httpx.AsyncClient, db: Engine) -> None:
