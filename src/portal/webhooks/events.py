@@ -152,7 +152,8 @@ async def _enabled_endpoints() -> list[dict[str, Any]]:
     cache is dropped by :func:`forget_endpoints` whenever the request changes an endpoint."""
     cache = _endpoint_cache.get()
     if cache is not None and "rows" in cache:
-        return cache["rows"]
+        cached: list[dict[str, Any]] = cache["rows"]
+        return cached
     rows: list[dict[str, Any]] = (
         await WebhookEndpoint.select(
             WebhookEndpoint.id, WebhookEndpoint.event_types, WebhookEndpoint.organization_id

@@ -245,7 +245,6 @@ async def test_rate_limit_per_key(limited: httpx.AsyncClient, db: Engine, frozen
     assert renewed.status_code == 200 and renewed.headers["ratelimit"] == '"per-key";r=2;t=60'
 
 
-
 async def test_openapi_document_and_reference_page(client: httpx.AsyncClient, db: Engine) -> None:
     doc = (await client.get("/api/v1/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
