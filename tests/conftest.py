@@ -208,6 +208,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         data_dir=str(tmp_path / "var"),
         policy_dir=str(POLICY_DIR),
         secret_key="test-secret-key-" + "x" * 32,
+        gc_freeze=False,  # every test builds an app: frozen objects would never be collected
     )
 
 
