@@ -18,7 +18,7 @@ from litestar.enums import HttpMethod
 from litestar.params import FromPath
 
 from policy import PolicyEngine
-from portal.auth import ratelimit
+from portal.auth import accounts, ratelimit
 from portal.core import db
 from portal.core.settings import Settings
 from portal.scim import errors, resources, service
@@ -349,11 +349,18 @@ class _writing:
 
     def __init__(self) -> None:
         self._tx = db.write_transaction()
+        self._audits = accounts.batched_audit()
 
     async def __aenter__(self) -> None:
         await self._tx.__aenter__()
+        await self._audits.__aenter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            await self._audits.__aexit__(kind, exc, tb)
+        except BaseException as flushed:  # the audit rows failed: roll back with that error
+            await self._tx.__aexit__(type(flushed), flushed, flushed.__traceback__)
+            raise
         await self._tx.__aexit__(kind, exc, tb)
         if exc is not None and not isinstance(exc, errors.ScimError) and db.is_unique_violation(exc):
             raise errors.uniqueness("That value is already taken in this directory.") from exc

@@ -178,6 +178,24 @@ async def emit(event_type: str, *, organization_id: str | None, data: dict[str, 
     return await emit_many([Event(event_type, organization_id, data)])
 
 
+def event_for_audit(
+    action: str,
+    *,
+    organization_id: str | None,
+    actor_id: str | None,
+    target: str,
+    details: Mapping[str, Any],
+) -> Event | None:
+    """The event an audit action stands for, if any."""
+    event_type = AUDIT_EVENT_TYPES.get(action)
+    if event_type is None:
+        return None
+    if action.startswith("scim.user.") and str(details.get("userName", "")).startswith(SELF_TEST_PREFIX):
+        return None  # the SCIM widget's self-test user: created and deleted at once, nothing to tell the app
+    data = {"organization_id": organization_id, "actor_id": actor_id, "target": target, **details}
+    return Event(event_type, organization_id, data)
+
+
 async def from_audit(
     action: str,
     *,
@@ -186,14 +204,12 @@ async def from_audit(
     target: str,
     details: Mapping[str, Any],
 ) -> None:
-    """The event an audit action stands for, if any (called by ``accounts.audit`` in its transaction)."""
-    event_type = AUDIT_EVENT_TYPES.get(action)
-    if event_type is None:
-        return
-    if action.startswith("scim.user.") and str(details.get("userName", "")).startswith(SELF_TEST_PREFIX):
-        return  # the SCIM widget's self-test user: created and deleted at once, nothing to tell the app
-    data = {"organization_id": organization_id, "actor_id": actor_id, "target": target, **details}
-    await emit(event_type, organization_id=organization_id, data=data)
+    """Write the event an audit action stands for, if any (called by ``accounts.audit`` in its transaction)."""
+    event = event_for_audit(
+        action, organization_id=organization_id, actor_id=actor_id, target=target, details=details
+    )
+    if event is not None:
+        await emit_many([event])
 
 
 class DispatchMiddleware:
