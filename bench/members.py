@@ -539,7 +539,9 @@ async def load(
     """For the other benches (inside their event loop): :func:`load_wrk` when wrk is installed, else
     :func:`load_python`, in a thread."""
     runner = load_wrk if shutil.which("wrk") else load_python
-    return await asyncio.to_thread(runner, port, path, headers, seconds, connections)
+    figures = await asyncio.to_thread(runner, port, path, headers, seconds, connections)
+    figures["latency_ms"] = {q: figures.get(f"{q}_ms") for q in ("p50", "p90", "p99")}
+    return figures
 
 
 def get_once(port: int, path: str, headers: dict[str, str]) -> tuple[int, str, list[str]]:
