@@ -193,11 +193,6 @@ async def start(engine: Engine[Any]) -> bool:
             log.warning("the database is not answering (%s: %s); starting anyway", type(exc).__name__, exc)
             await engine.start_connection_pool(min_size=0, **options)
         return True
-    if isinstance(engine, SQLiteEngine):
-        # Write-ahead logging (kept in the file once set): a commit appends to one log with one sync instead of
-        # writing a rollback journal and syncing it and the database, and readers no longer wait for a writer.
-        # With it the embedded default answers the OpenID Provider's userinfo several times faster.
-        await engine.run_ddl("PRAGMA journal_mode=WAL")
     return False
 
 

@@ -816,6 +816,7 @@ TABLES: tuple[type[Table], ...] = (
     AuditEvent,
     LoginChallenge,
     RateEvent,
+    RateCounter,  # issues 13, 15 (portal_0019)
     Passkey,  # security widget (portal_0007)
     SessionEnd,  # issue 10: oidc (portal_0008)
     OidcClient,

@@ -1,10 +1,9 @@
-"""Cheap bookkeeping writes (issues 13, 15): batched audit rows, unlogged tables on PostgreSQL, SQLite in WAL
-mode, and gc.freeze at start-up."""
+"""Cheap bookkeeping writes (issues 13, 15): batched audit rows, unlogged tables on PostgreSQL, and gc.freeze
+at start-up."""
 
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -63,13 +62,6 @@ async def test_bookkeeping_tables_are_unlogged_on_postgresql(db: Engine) -> None
         "scim_request": "u",
         "rate_counter": "u",
     }
-
-
-async def test_sqlite_runs_in_write_ahead_log_mode(tmp_path: Path) -> None:
-    engine = portal_db.make_engine(f"sqlite:///{tmp_path / 'portal.sqlite3'}")
-    await portal_db.start(engine)
-    rows = await engine.run_ddl("PRAGMA journal_mode")  # a new connection: the mode is kept in the file
-    assert rows[0]["journal_mode"] == "wal"
 
 
 async def test_the_app_freezes_its_start_up_objects_when_asked(
