@@ -255,7 +255,8 @@ async def test_etags(scim: Scim) -> None:
     assert (await scim.delete(f"/Users/{uid}", **{"if-match": 'W/"2"'})).status_code == 204
 
 
-async def test_rate_limit_per_directory(app: Any, settings: Any) -> None:
+async def test_rate_limit_per_directory(app: Any, settings: Any, frozen_clock: Any) -> None:
+    """One-second fixed windows: on a frozen clock the requests all fall in one (a slow run crossed a window edge)."""
     from portal.web.app import create_app
     from tests.conftest import serve
 
