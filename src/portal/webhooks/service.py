@@ -236,6 +236,9 @@ async def delete_endpoint(
 ) -> None:
     """Delete an endpoint and its deliveries (nothing more is sent to it)."""
     row = await _endpoint_row(endpoint_id, organization_id)
+    # Deliveries first, then the endpoint: the order a send job locks them in (it updates its delivery, then
+    # the endpoint's failing_since). The other order, by cascade, deadlocked with a send in flight.
+    await WebhookDelivery.delete().where(WebhookDelivery.endpoint == endpoint_id)
     await WebhookEndpoint.delete().where(WebhookEndpoint.id == endpoint_id)
     forget_endpoints()
     await accounts.audit(
